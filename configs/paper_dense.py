@@ -1,0 +1,7 @@
+"""The paper_dense config: `python -m sparse_circuits.main --config=configs/paper_dense.py`."""
+
+from sparse_circuits import config_lib
+
+
+def get_config():
+  return config_lib.base_config("paper_dense")

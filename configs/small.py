@@ -1,0 +1,7 @@
+"""The small config: `python -m sparse_circuits.main --config=configs/small.py`."""
+
+from sparse_circuits import config_lib
+
+
+def get_config():
+  return config_lib.base_config("small")

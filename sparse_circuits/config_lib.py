@@ -1,0 +1,186 @@
+"""Config construction and validation shared by every file in configs/.
+
+The configs/*.py files are thin: they call `base_config(size)` and override.
+`validate(config)` runs before anything compiles and names the wrong field.
+"""
+
+import ml_collections
+
+ALL_AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out",
+                   "mlp_in", "mlp_neuron", "mlp_out")
+
+SIZES = {
+    # name: (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch,
+    #        steps, pfrac, expansion_factor)
+    "tiny": (2, 128, 8, 16, 512, 128, 32, 600, 1.0, 4.0),
+    "small": (4, 256, 16, 16, 1024, 256, 64, 5000, 1.0, 4.0),
+    "paper": (8, 1024, 64, 16, 4096, 256, 512, 100000, 0.25, 4.0),
+}
+
+
+def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  size, _, variant = arg.partition("_")
+  if size not in SIZES or variant not in ("", "dense"):
+    raise ValueError(f"unknown config argument {arg!r}: want one of "
+                     f"{sorted(SIZES)} optionally with _dense")
+  (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch, steps, pfrac,
+   ef) = SIZES[size]
+  dense = variant == "dense"
+
+  c = ml_collections.ConfigDict()
+  c.name = arg
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.n_layer = n_layer
+  c.model.d_model = d_model
+  c.model.n_head = n_head
+  c.model.d_head = d_head
+  c.model.d_mlp = d_mlp
+  c.model.block_size = block_size
+  c.model.vocab_size = 2048
+  c.model.afrac = 0.0 if dense else 0.25  # 0 disables activation sparsity
+  c.model.afrac_sites = ALL_AFRAC_SITES
+  c.model.sink = False
+  c.model.bigram_table = True
+  c.model.pos_emb = True
+  c.model.compute_dtype = "float32"  # or "bfloat16" (fp32 master weights)
+
+  c.data = ml_collections.ConfigDict()
+  # "stdlib" = the running interpreter's standard library; "site-packages" =
+  # the installed packages; anything else is a directory, glob, .jsonl or
+  # .parquet path.
+  c.data.sources = ["stdlib"]
+  c.data.text_field = "text"      # .jsonl field / .parquet column
+  c.data.max_file_bytes = 1_000_000
+  c.data.eval_fraction = 0.01
+  c.data.tokenizer_dir = ""       # "" = train one into WORKDIR/tokenizer
+  c.data.max_corpus_bytes = 0     # 0 = no limit
+  c.data.seed = 0
+  c.data.tokenizer_max_bytes = 100_000_000  # BPE training text; 0 = all
+  # A token split up to this size is read into RAM; larger ones are read
+  # window by window through tensorstore (e.g. from gs://).
+  c.data.in_memory_max_bytes = 1 << 30
+
+  c.sparsity = ml_collections.ConfigDict()
+  c.sparsity.enabled = not dense
+  c.sparsity.pfrac = ef * ef if dense else pfrac
+  c.sparsity.expansion_factor = ef
+  c.sparsity.min_per_neuron = 4
+  c.sparsity.anneal_start = 0.01
+  c.sparsity.anneal_end = 0.5
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.lr = 1.28e-2
+  c.opt.b1 = 0.9
+  c.opt.b2 = 0.95
+  c.opt.eps = 0.1
+  c.opt.weight_decay = 0.1
+  c.opt.warmup_frac = 0.01
+  c.opt.grad_rms_norm = True
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = steps
+  c.train.batch_size = batch
+  c.train.log_every = 10
+  c.train.eval_every = 100
+  c.train.eval_batches = 4
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 2
+  c.train.init_from = ""
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)       # (data, fsdp, tensor); -1 = all devices
+  c.mesh.rules = (
+      # (parameter path regex, PartitionSpec entries); first match wins.
+      (r"bigram_table", ("fsdp", "tensor")),
+      (r"(wte|lm_head)", ("tensor", "fsdp")),
+      (r"wpe", (None, "fsdp")),
+      (r"c_attn/kernel|c_fc/kernel", ("fsdp", "tensor")),
+      (r"c_proj/kernel", ("tensor", "fsdp")),
+      (r".*", ()),
+  )
+
+  c.tasks = ml_collections.ConfigDict()
+  c.tasks.seed = 0
+  c.tasks.n_train = 512
+  c.tasks.n_test = 128
+  c.tasks.user_tasks = ""          # path to a .jsonl of user tasks
+
+  c.prune = ml_collections.ConfigDict()
+  c.prune.tasks = ("single_double_quote",)
+  c.prune.target_loss = 0.15
+  c.prune.steps = 300
+  c.prune.batch_size = 64
+  c.prune.lr = 3e-3
+  c.prune.weight_decay = 1e-3
+  c.prune.b2 = 0.95
+  c.prune.clip = 1.0
+  c.prune.k_coef = 1e-4
+  c.prune.temperature = 0.1
+  c.prune.init_mean = 0.1
+  c.prune.init_std = 0.01
+  # Vectorised sweep: each entry multiplies into a grid of settings.
+  c.prune.sweep_k_coef = (1e-4, 3e-4, 1e-3)
+  c.prune.sweep_lr = (3e-3,)
+  c.prune.sweep_temperature = (0.1,)
+  c.prune.sweep_seeds = (0,)
+  c.prune.mean_batches = 8
+  c.prune.calibrate = True
+  c.prune.random_control = True
+
+  return c
+
+
+def _require(cond, field, msg):
+  if not cond:
+    raise ValueError(f"config.{field}: {msg}")
+
+
+def validate(c) -> None:
+  """Raises ValueError naming the first wrong field; cheap (no compilation)."""
+  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  m = c.model
+  for f in ("n_layer", "d_model", "n_head", "d_head", "d_mlp", "block_size",
+            "vocab_size"):
+    _require(isinstance(m[f], int) and m[f] > 0, f"model.{f}",
+             f"must be a positive integer, got {m[f]!r}")
+  _require(0.0 <= m.afrac <= 1.0, "model.afrac",
+           f"must be in [0, 1] (0 = off), got {m.afrac}")
+  bad = set(m.afrac_sites) - set(ALL_AFRAC_SITES)
+  _require(not bad, "model.afrac_sites",
+           f"unknown {sorted(bad)}; known {ALL_AFRAC_SITES}")
+  if m.afrac > 0:
+    smallest = min(m.d_model, m.d_mlp, m.n_head * m.d_head)
+    _require(int(m.afrac * smallest) >= 1, "model.afrac",
+             f"{m.afrac} keeps no channel of a width-{smallest} site")
+  _require(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype",
+           f"must be float32 or bfloat16, got {m.compute_dtype!r}")
+  _require(m.vocab_size == 2048 or c.data.tokenizer_dir, "model.vocab_size",
+           "the built-in tokenizer has 2048 ids; set data.tokenizer_dir for "
+           "another vocabulary")
+  t = c.train
+  _require(t.num_steps > 0, "train.num_steps", "must be positive")
+  _require(t.batch_size > 0, "train.batch_size", "must be positive")
+  _require(t.checkpoint_every > 0, "train.checkpoint_every",
+           "must be positive")
+  _require(t.eval_every > 0, "train.eval_every", "must be positive")
+  _require(c.opt.lr > 0, "opt.lr", "must be positive")
+  _require(len(c.data.sources) > 0, "data.sources", "names no source")
+  s = c.sparsity
+  _require(s.expansion_factor > 0, "sparsity.expansion_factor",
+           "must be positive")
+  _require(0 < s.pfrac <= s.expansion_factor ** 2, "sparsity.pfrac",
+           f"must be in (0, expansion_factor**2 = {s.expansion_factor**2}]")
+  _require(0 <= s.anneal_start < s.anneal_end <= 1, "sparsity.anneal_end",
+           "need 0 <= anneal_start < anneal_end <= 1")
+  _require(len(tuple(c.mesh.shape)) == 3, "mesh.shape",
+           "needs 3 entries (data, fsdp, tensor)")
+  _require(0 < c.prune.target_loss, "prune.target_loss", "must be positive")
+  if s.enabled:
+    cfg = model_lib.ModelConfig.from_config(m)
+    sparsity.make_plan(
+        model_lib.abstract_params(cfg),
+        sparsity.Schedule(t.num_steps, s.pfrac, s.expansion_factor,
+                          s.anneal_start, s.anneal_end), s.min_per_neuron)

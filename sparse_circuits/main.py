@@ -1,0 +1,54 @@
+"""Entry point: `python -m sparse_circuits.main --config=configs/tiny.py [--mode=...] [--workdir=DIR]`.
+
+Parses flags and dispatches to one library function per mode, each taking
+(config, workdir). With no --mode, the whole pipeline runs in order.
+"""
+
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
+                                          "ml_collections config file.")
+_MODE = flags.DEFINE_string("mode", "all", "What to run; see MODES.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default",
+                               "Directory for data, checkpoints and outputs.")
+
+# mode -> "module:function"; imported lazily so that one mode's optional
+# dependencies never break another mode.
+MODES = {
+    "data": "sparse_circuits.data:run",
+    "train": "sparse_circuits.train:run",
+    "eval": "sparse_circuits.evaluate:run",
+    "report": "sparse_circuits.viz:run",
+    "import": "sparse_circuits.interop:import_run",
+    "export": "sparse_circuits.interop:export_run",
+}
+# What `--mode=all` runs, in order.
+PIPELINE = ("data", "train", "eval")
+
+
+def _resolve(mode):
+  module, fn = MODES[mode].split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  config_lib.validate(config)
+  mode = _MODE.value
+  if mode != "all" and mode not in MODES:
+    raise app.UsageError(f"--mode={mode!r} unknown; choose from "
+                         f"{['all', *MODES]}")
+  for m in (PIPELINE if mode == "all" else (mode,)):
+    _resolve(m)(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

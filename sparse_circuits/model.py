@@ -1,0 +1,249 @@
+"""The authors' GPT (DESIGN §3) as Flax NNX modules, used through a pure forward.
+
+`forward(params, tokens, cfg, interventions=None, capture=())` returns
+`(logits, acts)`: `params` is a plain nested dict (what the optimizer, the
+sparsity projection, Orbax and the sharding rules see), `capture` names
+activation sites returned in the flat dict `acts`, and `interventions` maps a
+site name to `{"mask", "mean"}` arrays applied as x <- m*x + (1-m)*mean. The
+model knows nothing about pruning beyond that.
+
+Dimensions: B batch, L length, D d_model, H heads, Dh head dim, F d_mlp,
+V vocab.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sparse_circuits import sparsity
+
+AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in",
+               "mlp_neuron", "mlp_out")
+EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  n_layer: int
+  d_model: int
+  n_head: int
+  d_head: int
+  d_mlp: int
+  block_size: int
+  vocab_size: int = 2048
+  afrac: float = 0.25              # 0 disables activation sparsity
+  afrac_sites: tuple[str, ...] = AFRAC_SITES
+  sink: bool = False
+  bigram_table: bool = True
+  pos_emb: bool = True
+  compute_dtype: str = "float32"
+
+  @classmethod
+  def from_config(cls, model_cfg) -> "ModelConfig":
+    d = dict(model_cfg)
+    d["afrac_sites"] = tuple(d.get("afrac_sites", AFRAC_SITES))
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+  def site_names(self) -> list[str]:
+    """Every activation site in forward order."""
+    per_layer = ("resid_in", "attn.act_in", "attn.q", "attn.k", "attn.v",
+                 "attn.y", "attn.resid_delta", "resid_mid", "mlp.act_in",
+                 "mlp.post_act", "mlp.resid_delta")
+    return [f"{i}.{s}" for i in range(self.n_layer)
+            for s in per_layer] + ["final_resid"]
+
+
+def abs_topk(x, k: int):
+  """Keeps exactly the k largest-|x| entries of the last axis (ties go to the
+  lower index); the gradient flows to the kept ones."""
+  if k >= x.shape[-1]:
+    return x
+  return jnp.where(sparsity.topk_mask(jnp.abs(x), k), x,
+                   jnp.zeros((), x.dtype))
+
+
+class _Sites:
+  """Activation sparsity, interventions and capture at named sites."""
+
+  def __init__(self, cfg, interventions, capture):
+    self.cfg, self.interventions = cfg, interventions or {}
+    self.capture, self.acts = frozenset(capture), {}
+    unknown = (set(self.interventions) | self.capture) - set(cfg.site_names())
+    if unknown:
+      raise ValueError(f"unknown activation site(s) {sorted(unknown)}; "
+                       f"known: {cfg.site_names()}")
+
+  def __call__(self, name, x, afrac_site=None):
+    cfg = self.cfg
+    if afrac_site and cfg.afrac > 0 and afrac_site in cfg.afrac_sites:
+      x = abs_topk(x, int(cfg.afrac * x.shape[-1]))
+    if name in self.interventions:
+      iv = self.interventions[name]
+      m = jnp.asarray(iv["mask"], x.dtype)
+      x = m * x + (1 - m) * jnp.asarray(iv["mean"], x.dtype)
+    if name in self.capture:
+      self.acts[name] = x
+    return x
+
+
+def _linear(rngs, d_in, d_out, std):
+  return nnx.Linear(d_in, d_out, rngs=rngs,
+                    kernel_init=nnx.initializers.normal(std),
+                    bias_init=nnx.initializers.zeros)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, d):
+    self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
+
+  def __call__(self, x_BxLxD):
+    x = x_BxLxD.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + EPS)
+    return (y * self.weight[...]).astype(x_BxLxD.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    hd = cfg.n_head * cfg.d_head
+    self.c_attn = _linear(rngs, cfg.d_model, 3 * hd, 0.02)
+    self.c_proj = _linear(rngs, hd, cfg.d_model,
+                          0.02 / math.sqrt(2 * cfg.n_layer))
+    if cfg.sink:
+      self.sink_logit = nnx.Param(jnp.zeros((cfg.n_head,), jnp.float32))
+
+  def __call__(self, h_BxLxD, cfg, sites, i):
+    B, L, _ = h_BxLxD.shape
+    H, Dh = cfg.n_head, cfg.d_head
+    qkv = self.c_attn(h_BxLxD)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    q = sites(f"{i}.attn.q", q, "attn_q")
+    k = sites(f"{i}.attn.k", k, "attn_k")
+    v = sites(f"{i}.attn.v", v, "attn_v")
+    q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = (
+        t.reshape(B, L, H, Dh) for t in (q, k, v))
+    att_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh,
+                             k_BxLxHxDh).astype(jnp.float32) / math.sqrt(Dh)
+    causal = jnp.tril(jnp.ones((L, L), jnp.bool_))
+    att_BxHxLxL = jnp.where(causal, att_BxHxLxL, -jnp.inf)
+    if cfg.sink:
+      sink = jnp.broadcast_to(self.sink_logit[...][None, :, None, None],
+                              (B, H, L, 1))
+      p = jax.nn.softmax(jnp.concatenate([att_BxHxLxL, sink], -1), axis=-1)
+      p_BxHxLxL = p[..., :L]  # the sink's value is zero
+    else:
+      p_BxHxLxL = jax.nn.softmax(att_BxHxLxL, axis=-1)
+    y_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL.astype(v.dtype),
+                            v_BxLxHxDh)
+    y = sites(f"{i}.attn.y", y_BxLxHxDh.reshape(B, L, H * Dh))
+    return sites(f"{i}.attn.resid_delta", self.c_proj(y), "attn_out")
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.c_fc = _linear(rngs, cfg.d_model, cfg.d_mlp, 0.02)
+    self.c_proj = _linear(rngs, cfg.d_mlp, cfg.d_model,
+                          0.02 / math.sqrt(2 * cfg.n_layer))
+
+  def __call__(self, h_BxLxD, sites, i):
+    a_BxLxF = jax.nn.gelu(self.c_fc(h_BxLxD), approximate=False)
+    a_BxLxF = sites(f"{i}.mlp.post_act", a_BxLxF, "mlp_neuron")
+    return sites(f"{i}.mlp.resid_delta", self.c_proj(a_BxLxF), "mlp_out")
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.ln_1 = RMSNorm(cfg.d_model)
+    self.attn = Attention(cfg, rngs)
+    self.ln_2 = RMSNorm(cfg.d_model)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BxLxD, cfg, sites, i):
+    x_BxLxD = sites(f"{i}.resid_in", x_BxLxD)
+    h = sites(f"{i}.attn.act_in", self.ln_1(x_BxLxD), "attn_in")
+    x_BxLxD = x_BxLxD + self.attn(h, cfg, sites, i)
+    x_BxLxD = sites(f"{i}.resid_mid", x_BxLxD)
+    h = sites(f"{i}.mlp.act_in", self.ln_2(x_BxLxD), "mlp_in")
+    return x_BxLxD + self.mlp(h, sites, i)
+
+
+class GPT(nnx.Module):
+  """Parameter names follow nanoGPT: wte, wpe, h_{i}/attn/c_attn, ..., lm_head."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    V, D = cfg.vocab_size, cfg.d_model
+    self.wte = nnx.Embed(V, D, rngs=rngs,
+                         embedding_init=nnx.initializers.normal(0.02))
+    if cfg.pos_emb:
+      self.wpe = nnx.Embed(cfg.block_size, D, rngs=rngs,
+                           embedding_init=nnx.initializers.zeros)
+    for i in range(cfg.n_layer):
+      setattr(self, f"h_{i}", Block(cfg, rngs))
+    self.ln_f = RMSNorm(D)
+    self.lm_head = nnx.Linear(D, V, use_bias=False, rngs=rngs,
+                              kernel_init=nnx.initializers.normal(0.02))
+    self.final_logits_bias = nnx.Param(jnp.zeros((V,), jnp.float32))
+    if cfg.bigram_table:
+      self.bigram_table = nnx.Param(
+          jax.random.uniform(rngs.params(), (V, V), jnp.float32, 0.0, 0.02))
+
+  def __call__(self, tokens_BxL, cfg, sites):
+    L = tokens_BxL.shape[1]
+    x_BxLxD = self.wte(tokens_BxL)
+    if cfg.pos_emb:
+      x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
+    for i in range(cfg.n_layer):
+      x_BxLxD = getattr(self, f"h_{i}")(x_BxLxD, cfg, sites, i)
+    x_BxLxD = sites("final_resid", x_BxLxD)
+    logits_BxLxV = self.lm_head(self.ln_f(x_BxLxD)).astype(jnp.float32)
+    logits_BxLxV = logits_BxLxV + self.final_logits_bias[...]
+    if cfg.bigram_table:
+      logits_BxLxV = logits_BxLxV + self.bigram_table[...][tokens_BxL]
+    return logits_BxLxV
+
+
+def init_params(cfg: ModelConfig, seed: int) -> dict:
+  """Freshly initialised parameters as a plain nested dict (float32)."""
+  model = GPT(cfg, rngs=nnx.Rngs(seed))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef(cfg: ModelConfig):
+  abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param)[0]
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+  """Shapes and dtypes of the parameters, without allocating them."""
+  return jax.eval_shape(lambda: init_params(cfg, 0))
+
+
+def forward(params: Mapping[str, Any], tokens_BxL, cfg: ModelConfig,
+            interventions: Mapping[str, Mapping[str, Any]] | None = None,
+            capture: Sequence[str] = ()):
+  """Logits [B, L, V] (float32) and a flat dict of the captured sites."""
+  if cfg.compute_dtype != "float32":
+    dt = jnp.dtype(cfg.compute_dtype)
+    params = jax.tree.map(lambda p: p.astype(dt), params)
+  model = nnx.merge(_graphdef(cfg), nnx.State(params))
+  sites = _Sites(cfg, interventions, capture)
+  logits = model(tokens_BxL, cfg, sites)
+  return logits, sites.acts
+
+
+def lm_loss(params, batch_BxL1, cfg: ModelConfig):
+  """Mean next-token cross-entropy of a [B, L+1] window batch."""
+  logits, _ = forward(params, batch_BxL1[:, :-1], cfg)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, batch_BxL1[:, 1:, None], axis=-1)
+  return jnp.mean(nll)

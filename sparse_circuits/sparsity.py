@@ -1,0 +1,223 @@
+"""Weight sparsity as an optax transformation (DESIGN §4).
+
+`sparsify(plan)` is the last link of the optimizer chain: it takes the update,
+forms the new parameters, keeps in each sparsified matrix exactly its k
+largest magnitudes (after protecting the top `min_per_neuron` of every neuron
+or channel) and returns the update that lands there. Its step counter lives in
+the optimizer state, so it is sharded and checkpointed with everything else,
+and "parameters are sparse after every step" cannot be forgotten.
+
+Top-k method, chosen by measurement (see `topk_mask`): a bisection on the
+float bit pattern with a tie-break, which takes a traced k (k changes every
+step while pfrac anneals, and `lax.top_k` needs a static one), keeps exactly
+k with ties going to the lower flat index, and is built from global
+reductions, hence correct on a matrix sharded across devices.
+"""
+
+import dataclasses
+import math
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# (parameter path regex, kind, axis reduced to find each neuron's top entries
+# or None). kind "hidden" keeps pfrac/ef**2, "embed" keeps pfrac/ef.
+# c_fc/c_attn kernels are [in, out]: a neuron's or q/k/v channel's inputs are
+# a column (reduce axis 0); c_proj kernels are [in, out] too: an MLP neuron's
+# or attention output channel's outputs are a row (reduce axis 1).
+MATRIX_RULES = (
+    (r"h_\d+/attn/c_attn/kernel$", "hidden", 0),
+    (r"h_\d+/attn/c_proj/kernel$", "hidden", 1),
+    (r"h_\d+/mlp/c_fc/kernel$", "hidden", 0),
+    (r"h_\d+/mlp/c_proj/kernel$", "hidden", 1),
+    (r"wpe/embedding$", "hidden", None),
+    (r"wte/embedding$", "embed", None),
+    (r"lm_head/kernel$", "embed", None),
+)
+
+
+def path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+  return "/".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """pfrac goes linearly from dense (ef**2) to the target between
+  anneal_start and anneal_end (fractions of training), then holds."""
+  num_steps: int
+  pfrac: float
+  expansion_factor: float
+  anneal_start: float = 0.01
+  anneal_end: float = 0.5
+
+  @property
+  def dense_pfrac(self):
+    return self.expansion_factor ** 2
+
+  @property
+  def end_step(self) -> int:
+    return int(self.anneal_end * self.num_steps)
+
+  def pfrac_at(self, step):
+    t0 = self.anneal_start * self.num_steps
+    t1 = max(self.anneal_end * self.num_steps, t0 + 1)
+    frac = jnp.clip((jnp.asarray(step, jnp.float32) - t0) / (t1 - t0), 0, 1)
+    return self.dense_pfrac + (self.pfrac - self.dense_pfrac) * frac
+
+  def keep_fraction(self, kind: str, pfrac):
+    div = self.expansion_factor ** (2 if kind == "hidden" else 1)
+    return jnp.minimum(1.0, pfrac / div)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixPlan:
+  path: str
+  shape: tuple[int, ...]
+  kind: str
+  protect_axis: int | None
+  k_final: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  matrices: tuple[MatrixPlan, ...]
+  schedule: Schedule
+  min_per_neuron: int = 4
+
+  def by_path(self) -> dict[str, MatrixPlan]:
+    return {m.path: m for m in self.matrices}
+
+  def k_at(self, m: MatrixPlan, step):
+    """The scheduled k of matrix m at `step` (traceable)."""
+    size = math.prod(m.shape)
+    frac = self.schedule.keep_fraction(m.kind, self.schedule.pfrac_at(step))
+    k = jnp.floor(frac * size).astype(jnp.int32)
+    k = jnp.where(step >= self.schedule.end_step, m.k_final, k)
+    return jnp.clip(k, m.k_final, size)
+
+
+def make_plan(abstract_params, schedule: Schedule,
+              min_per_neuron: int = 4) -> Plan:
+  """Which matrices are sparsified and their final k; raises ValueError
+  (naming the matrix and the config field) when 4 per neuron cannot fit."""
+  mats = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    p = path_str(path)
+    for pattern, kind, axis in MATRIX_RULES:
+      if re.search(pattern, p):
+        size = math.prod(leaf.shape)
+        frac = float(schedule.keep_fraction(kind, schedule.pfrac))
+        k = max(1, int(math.floor(frac * size)))
+        if axis is not None:
+          n_vec = leaf.shape[1 - axis]
+          if min_per_neuron * n_vec > k:
+            raise ValueError(
+                f"sparsity.pfrac={schedule.pfrac} keeps k={k} of {p} "
+                f"{tuple(leaf.shape)}, fewer than sparsity.min_per_neuron="
+                f"{min_per_neuron} x {n_vec} neurons/channels; raise "
+                "sparsity.pfrac or lower sparsity.expansion_factor")
+        mats.append(MatrixPlan(p, tuple(leaf.shape), kind, axis, k))
+        break
+  return Plan(tuple(mats), schedule, min_per_neuron)
+
+
+def _protect_mask(score, axis: int, n: int):
+  """True at the top-n |w| of every vector along `axis`."""
+  s = jnp.moveaxis(score, axis, -1)
+  _, idx = jax.lax.top_k(s, min(n, s.shape[-1]))
+  m = jnp.put_along_axis(jnp.zeros(s.shape, jnp.bool_), idx, True, axis=-1,
+                         inplace=False)
+  return jnp.moveaxis(m, -1, axis)
+
+
+def topk_mask(score, k):
+  """True at exactly k entries of each row (last axis) of score >= 0: the
+  largest, ties going to the lower index (lax.top_k's order). k may be traced
+  and may differ per row (shape broadcastable to score.shape[:-1] + (1,)).
+
+  A 32-step bisection on the float bit pattern (monotonic for x >= 0) finds
+  each row's k-th largest value; then a cumulative count keeps just enough of
+  the entries equal to it. Measured on CPU: 4x faster than lax.top_k + scatter
+  on a flattened matrix, 2.4x on activation rows (`python -m
+  sparse_circuits.bench --topk`).
+  """
+  bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
+  k = jnp.asarray(k, jnp.int32)
+
+  def body(_, lohi):  # invariant: count(>= lo) >= k > count(>= hi)
+    lo, hi = lohi
+    mid = lo + (hi - lo) // 2
+    ok = jnp.sum(bits >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+  shape = score.shape[:-1] + (1,)
+  lo, _ = jax.lax.fori_loop(
+      0, 32, body, (jnp.zeros(shape, jnp.int32),
+                    jnp.full(shape, 0x7F800001, jnp.int32)))
+  gt, eq = bits > lo, bits == lo
+  need = k - jnp.sum(gt, axis=-1, keepdims=True, dtype=jnp.int32)
+  return gt | (eq & (jnp.cumsum(eq, axis=-1, dtype=jnp.int32) <= need))
+
+
+def matrix_mask(w, k, protect_axis=None, n_protect=4):
+  """Exactly k entries of matrix w: its neurons' protected top entries
+  first, then the largest |w| of the whole matrix."""
+  score = jnp.abs(w).astype(jnp.float32)
+  if protect_axis is not None:
+    score = jnp.where(_protect_mask(score, protect_axis, n_protect), jnp.inf,
+                      score)
+  return topk_mask(score.reshape(1, -1), k).reshape(w.shape)
+
+
+def project(params, plan: Plan, step):
+  """Parameters with every planned matrix cut to its scheduled k at `step`."""
+  plans = plan.by_path()
+
+  def one(path, w):
+    m = plans.get(path_str(path))
+    if m is None:
+      return w
+    mask = matrix_mask(w, plan.k_at(m, step), m.protect_axis,
+                       plan.min_per_neuron)
+    return jnp.where(mask, w, jnp.zeros((), w.dtype))
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+class SparsifyState(NamedTuple):
+  count: Any
+
+
+def sparsify(plan: Plan) -> optax.GradientTransformation:
+  """Turns an update into one that lands on the top-k projected parameters."""
+
+  def init_fn(params):
+    del params
+    return SparsifyState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("sparsify needs params")
+    new = optax.apply_updates(params, updates)
+    proj = project(new, plan, state.count)
+    updates = jax.tree.map(lambda q, p: q - p, proj, params)
+    return updates, SparsifyState(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def l0(params, plan: Plan) -> dict[str, Any]:
+  """Nonzero count of each planned matrix."""
+  plans = plan.by_path()
+  out = {}
+  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    p = path_str(path)
+    if p in plans:
+      out[p] = jnp.count_nonzero(w)
+  return out

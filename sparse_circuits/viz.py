@@ -1,0 +1,329 @@
+"""Circuit viewer and run report (`--mode=report`): self-contained HTML pages.
+
+Each page is one file that opens from disk with no server and no network: the
+page data is embedded as JSON and the drawing code (`viz_assets/viewer.js`,
+plain JS writing SVG) and styles (`viz_assets/viewer.css`) are inlined.
+
+- `write_circuit_page(circuit, out_path, metrics)`: one `circuit.json` (the
+  prune program's output, DESIGN §6) drawn from embedding to unembedding, with
+  a node panel (token heatmaps, top snippets, ablation effect), an edge-weight
+  threshold, the loss-vs-k curve and training curves.
+- `write_run_index(workdir)`: checkpoints, eval table, training curves and
+  links to every circuit page.
+- `run(config, workdir)`: pages, export files (graph.json, edges.csv,
+  graph.dot) and the index for every `workdir/circuits/<task>/circuit.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+_ASSETS = pathlib.Path(__file__).with_name("viz_assets")
+_METRIC_KEYS = ("step", "loss", "eval_loss", "l0_total", "lr")
+_MAX_METRIC_ROWS = 2000  # thinned beyond this: the curves need no more
+_NODE_EXPORT_KEYS = ("id", "site", "layer", "kind", "index", "head", "tau",
+                     "mean", "ablation_delta")
+# Site (without the layer) -> node kind, for circuits that omit "kind".
+_KIND = {"attn.act_in": "resid_read", "mlp.act_in": "resid_read",
+         "attn.resid_delta": "resid_write", "mlp.resid_delta": "resid_write",
+         "attn.q": "q", "attn.k": "k", "attn.v": "v",
+         "mlp.post_act": "mlp_neuron"}
+_DOT_FILL = {"resid_read": "#99f6e4", "resid_write": "#ddd6fe", "q": "#fbcfe8",
+             "k": "#fde68a", "v": "#d9f99d", "mlp_neuron": "#fed7aa"}
+POSITIVE, NEGATIVE = "#2563eb", "#dc2626"  # edge colours, also in viewer.css
+
+
+def _clean(x: Any) -> Any:
+  """JSON-safe copy: NaN/inf -> None (invalid JSON), numpy -> list."""
+  if isinstance(x, dict):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if hasattr(x, "tolist"):  # numpy arrays and scalars
+    return _clean(x.tolist())
+  return x
+
+
+def _num(x: Any) -> float:
+  try:
+    return float(x)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def normalize(circuit: dict) -> dict:
+  """Fills the derivable node fields (id, layer, kind, head) a circuit omits."""
+  c = dict(circuit)
+  cfg = (c.get("model") or {}).get("config") or {}
+  d_head = cfg.get("d_head")
+  nodes = []
+  for n in c.get("nodes") or []:
+    n = dict(n)
+    layer, _, sub = str(n.get("site", "")).partition(".")
+    n.setdefault("id", f"{n.get('site')}:{n.get('index')}")
+    n.setdefault("layer", int(layer) if layer.isdigit() else 0)
+    n.setdefault("kind", _KIND.get(sub, sub))
+    if (n.get("head") is None and n["kind"] in ("q", "k", "v") and d_head
+        and isinstance(n.get("index"), int)):
+      n["head"] = n["index"] // d_head
+    nodes.append(n)
+  c["nodes"] = nodes
+  c["edges"] = [dict(e) for e in c.get("edges") or []]
+  c["task"] = c.get("task") or {}
+  return c
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+  """Rows of a metrics.jsonl; [] if absent. Skips a partly written last line."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    return []
+  rows = []
+  for line in p.read_text(encoding="utf-8").splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict):
+      rows.append(row)
+  return rows
+
+
+def _thin_metrics(rows: list[dict]) -> list[dict]:
+  """Keeps the plotted fields, every eval row and at most ~2000 train rows."""
+  rows = [{k: r[k] for k in _METRIC_KEYS if k in r}
+          for r in rows if "step" in r]
+  stride = math.ceil(len(rows) / _MAX_METRIC_ROWS) if rows else 1
+  return [r for i, r in enumerate(rows)
+          if i % stride == 0 or "eval_loss" in r or i == len(rows) - 1]
+
+
+def graph_dict(circuit: dict) -> dict:
+  """The graph alone: nodes (scalar fields only) and edges."""
+  c = normalize(circuit)
+  return {"nodes": [{k: n[k] for k in _NODE_EXPORT_KEYS if k in n}
+                    for n in c["nodes"]],
+          "edges": [{k: e[k] for k in ("source", "target", "weight", "kind")
+                     if k in e} for e in c["edges"]]}
+
+
+def edges_csv(circuit: dict) -> str:
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(["source", "target", "weight"])
+  for e in circuit.get("edges") or []:
+    writer.writerow([e["source"], e["target"], repr(_num(e.get("weight")))])
+  return buf.getvalue()
+
+
+def _dot_str(s: Any) -> str:
+  return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def graph_dot(circuit: dict) -> str:
+  """Graphviz DOT, embedding at the bottom; one cluster per layer; edge label =
+  weight, colour = sign, pen width = |weight|."""
+  c = normalize(circuit)
+  name = c["task"].get("name") or "circuit"
+  weights = [abs(_num(e.get("weight"))) for e in c["edges"]]
+  max_abs = max([w for w in weights if math.isfinite(w)] or [1.0]) or 1.0
+  lines = [f"digraph {_dot_str(name)} {{", "  rankdir=BT;",
+           '  node [shape=box, style="rounded,filled", fontsize=10];']
+  for layer in sorted({n["layer"] for n in c["nodes"]}):
+    lines.append(f'  subgraph "cluster_layer{layer}" {{')
+    lines.append(f'    label="layer {layer}";')
+    for n in c["nodes"]:
+      if n["layer"] == layer:
+        label = _dot_str(n["site"])[:-1] + f'\\n#{n.get("index")}"'
+        fill = _DOT_FILL.get(n["kind"], "#e2e8f0")
+        lines.append(f'    {_dot_str(n["id"])} [label={label}, '
+                     f'fillcolor="{fill}"];')
+    lines.append("  }")
+  for e in c["edges"]:
+    w = _num(e.get("weight"))
+    width = 0.5 + 3.5 * abs(w) / max_abs if math.isfinite(w) else 0.5
+    color = POSITIVE if w >= 0 else NEGATIVE
+    style = ", style=dashed" if e.get("kind") == "residual" else ""
+    lines.append(f'  {_dot_str(e["source"])} -> {_dot_str(e["target"])} '
+                 f'[label="{w:.6g}", color="{color}", '
+                 f'penwidth={width:.2f}{style}];')
+  lines.append("}")
+  return "\n".join(lines) + "\n"
+
+
+def write_exports(circuit: dict, out_dir: str | os.PathLike) -> list[str]:
+  """Writes graph.json, edges.csv and graph.dot into out_dir."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  files = {"graph.json": json.dumps(_clean(graph_dict(circuit)), indent=1),
+           "edges.csv": edges_csv(circuit), "graph.dot": graph_dot(circuit)}
+  for name, text in files.items():
+    (out / name).write_text(text, encoding="utf-8")
+  return [str(out / name) for name in files]
+
+
+def _page(title: str, body: str, data: dict) -> str:
+  css = (_ASSETS / "viewer.css").read_text(encoding="utf-8")
+  js = (_ASSETS / "viewer.js").read_text(encoding="utf-8")
+  # "<", ">", "&" only occur inside JSON strings, where \u escapes are valid;
+  # this keeps "</script>" in a token from ending the data block.
+  blob = json.dumps(_clean(data), separators=(",", ":"), allow_nan=False)
+  blob = (blob.replace("<", "\\u003c").replace(">", "\\u003e")
+          .replace("&", "\\u0026"))
+  return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+          '<meta name="viewport" content="width=device-width, '
+          'initial-scale=1">\n'
+          f"<title>{html.escape(title)}</title>\n<style>\n{css}</style>\n"
+          f"</head>\n<body>\n{body}\n"
+          f'<script type="application/json" id="page-data">{blob}</script>\n'
+          f"<script>\n{js}</script>\n</body>\n</html>\n")
+
+
+def write_circuit_page(circuit: dict, out_path: str | os.PathLike,
+                       metrics: list[dict] | None = None, *,
+                       index_href: str | None = None) -> str:
+  """Writes the viewer for one circuit; returns the file's path.
+
+  out_path is the .html file or a directory (then DIR/index.html). metrics are
+  metrics.jsonl rows for the training curves; index_href links back to the run
+  index.
+  """
+  out = pathlib.Path(out_path)
+  if out.suffix != ".html":
+    out = out / "index.html"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  c = normalize(circuit)
+  name = str(c["task"].get("name") or "circuit")
+  data = {"page": "circuit", "circuit": c, "index_href": index_href,
+          "metrics": _thin_metrics(metrics or []),
+          "exports": {"json": json.dumps(_clean(graph_dict(c)), indent=1),
+                      "csv": edges_csv(c), "dot": graph_dot(c)}}
+  body = (f'<div id="app"><noscript>Circuit {html.escape(name)}: this page '
+          "draws with JavaScript.</noscript></div>")
+  out.write_text(_page(f"{name} — circuit", body, data), encoding="utf-8")
+  return str(out)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+  head = "".join(f"<th>{h}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>"
+                 for r in rows)
+  return (f'<table class="data"><thead><tr>{head}</tr></thead>'
+          f"<tbody>{body}</tbody></table>")
+
+
+def _f(x: Any, digits: int = 4) -> str:
+  x = _num(x)
+  return f"{x:.{digits}f}" if math.isfinite(x) else "—"
+
+
+def _section(title: str, content: str) -> str:
+  return f'<section class="card"><h2>{title}</h2>{content}</section>'
+
+
+def _eval_table(path: pathlib.Path) -> str:
+  if not path.is_file():
+    return '<p class="muted">No eval_summary.json.</p>'
+  try:
+    summary = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError) as err:
+    return (f'<p class="warn">{html.escape(str(path))} unreadable: '
+            f"{html.escape(str(err))}</p>")
+  rows = [[html.escape(str(k)), _f(v.get("loss")), _f(v.get("accuracy"), 3),
+           html.escape(str(v.get("n", "—")))]
+          for k, v in sorted((summary.get("tasks") or {}).items())]
+  return (f'<p>LM loss (held-out): <b>{_f(summary.get("lm_loss"))}</b></p>'
+          + _table(["Task", "Loss", "Accuracy", "n"], rows))
+
+
+def write_run_index(workdir: str | os.PathLike) -> str:
+  """Writes workdir/index.html (checkpoints, eval table, curves, circuits)."""
+  wd = pathlib.Path(workdir)
+  if not wd.is_dir():
+    raise FileNotFoundError(f"run index: workdir {wd} does not exist")
+  esc = html.escape
+  ckpt_dir = wd / "checkpoints"
+  steps = sorted(int(p.name) for p in
+                 (ckpt_dir.iterdir() if ckpt_dir.is_dir() else [])
+                 if p.is_dir() and p.name.isdigit())
+  metrics = read_metrics(wd / "metrics.jsonl")
+
+  rows = []
+  for path in sorted((wd / "circuits").glob("*/circuit.json")):
+    try:
+      c = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+      rows.append([esc(path.parent.name), f"unreadable: {esc(str(err))}"]
+                  + [""] * 5)
+      continue
+    c, losses = normalize(c), c.get("losses") or {}
+    href = f"circuits/{path.parent.name}/index.html"
+    link = (f'<a href="{esc(href)}">open viewer</a>'
+            if (wd / href).is_file() else "no page yet")
+    rows.append([esc(str(c["task"].get("name") or path.parent.name)),
+                 str(len(c["nodes"])), str(len(c["edges"])),
+                 _f(losses.get("circuit")),
+                 _f(losses.get("target", c["task"].get("target_loss"))),
+                 _f(losses.get("full_model")), link])
+  circuits = (_table(["Task", "Nodes", "Edges", "Circuit loss", "Target",
+                      "Full model", ""], rows)
+              if rows else
+              '<p class="muted">No circuits yet (--mode=prune).</p>')
+
+  evals = _eval_table(wd / "eval_summary.json")
+  chips = "".join(f'<span class="chip">{s}</span>' for s in steps)
+  ckpts = (f'<p class="muted">{esc(str(ckpt_dir))}</p>'
+           f'<div class="chips">{chips}</div>'
+           if steps else '<p class="muted">No checkpoints.</p>')
+  last = metrics[-1] if metrics else {}
+  sub = (f"{len(metrics)} metric rows, last step {last.get('step', '—')}, "
+         f"loss {_f(last.get('loss'))}" if metrics else "no metrics.jsonl")
+  body = (f'<div class="page"><header class="top"><h1>Run report</h1>'
+          f'<p class="muted">{esc(str(wd.resolve()))} · {esc(sub)}</p>'
+          "</header>"
+          + _section("Circuits", circuits) + _section("Evaluation", evals)
+          + _section("Training curves", '<div id="training-plots"></div>')
+          + _section("Checkpoints", ckpts) + "</div>")
+  out = wd / "index.html"
+  out.write_text(_page(f"Run report — {wd.name}", body,
+                       {"page": "index", "metrics": _thin_metrics(metrics)}),
+                 encoding="utf-8")
+  return str(out)
+
+
+def run(config: Any, workdir: str | os.PathLike) -> list[str]:
+  """--mode=report: a page and exports per circuit, then the run index."""
+  del config  # everything comes from what earlier modes wrote into workdir
+  wd = pathlib.Path(workdir)
+  if not wd.is_dir():
+    raise FileNotFoundError(
+        f"--mode=report: workdir {wd} does not exist; train and prune first")
+  circuit_files = sorted((wd / "circuits").glob("*/circuit.json"))
+  if not circuit_files:
+    raise FileNotFoundError(
+        f"--mode=report: no circuits in {wd / 'circuits'} (want "
+        "<task>/circuit.json, written by --mode=prune)")
+  metrics = read_metrics(wd / "metrics.jsonl")
+  written = []
+  for path in circuit_files:
+    try:
+      circuit = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+      raise ValueError(f"--mode=report: {path} is not valid JSON: {err}"
+                       ) from err
+    written.append(write_circuit_page(circuit, path.parent / "index.html",
+                                      metrics, index_href="../../index.html"))
+    written += write_exports(circuit, path.parent)
+  written.append(write_run_index(wd))
+  for p in written:
+    print(p)
+  return written

@@ -1,0 +1,73 @@
+"""Exact top-k masks, protection, plans and schedules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparse_circuits import sparsity as S
+
+
+def _reference_mask(score_row, k):
+  """Stable sort: largest first, ties to the lower index."""
+  order = np.argsort(-score_row, kind="stable")
+  m = np.zeros(score_row.shape, bool)
+  m[order[:k]] = True
+  return m
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_topk_mask_matches_stable_sort_including_ties(quantise):
+  x = np.abs(np.random.default_rng(0).normal(size=(6, 300)))
+  if quantise:  # many exact ties
+    x = np.round(x * 3) / 3
+  ks = np.array([1, 7, 50, 150, 299, 300])
+  got = np.asarray(S.topk_mask(jnp.asarray(x, jnp.float32), ks[:, None]))
+  for row, k in enumerate(ks):
+    np.testing.assert_array_equal(got[row], _reference_mask(
+        x[row].astype(np.float32), k))
+    assert got[row].sum() == k
+
+
+def test_topk_mask_zero_rows_and_traced_k():
+  f = jax.jit(lambda s, k: S.topk_mask(s, k))
+  m = np.asarray(f(jnp.zeros((1, 10)), jnp.int32(3)))
+  np.testing.assert_array_equal(m[0], [True] * 3 + [False] * 7)
+
+
+def test_matrix_mask_protects_four_per_neuron():
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(64, 32)).astype(np.float32)
+  w[:, 5] *= 1e-3   # column 5 would lose everything to a plain top-k
+  m = np.asarray(S.matrix_mask(jnp.asarray(w), 200, protect_axis=0))
+  assert m.sum() == 200
+  assert m.sum(axis=0).min() >= 4
+  assert m[:, 5].sum() == 4
+  top4 = np.argsort(-np.abs(w[:, 5]), kind="stable")[:4]
+  assert set(np.nonzero(m[:, 5])[0]) == set(top4)
+  m1 = np.asarray(S.matrix_mask(jnp.asarray(w), 300, protect_axis=1))
+  assert m1.sum() == 300 and m1.sum(axis=1).min() >= 4
+
+
+def test_schedule_anneals_linearly_then_holds():
+  s = S.Schedule(num_steps=100, pfrac=0.25, expansion_factor=4.0,
+                 anneal_start=0.1, anneal_end=0.5)
+  assert float(s.pfrac_at(0)) == 16.0
+  assert float(s.pfrac_at(10)) == 16.0
+  assert abs(float(s.pfrac_at(30)) - (16 + (0.25 - 16) * 0.5)) < 1e-5
+  assert float(s.pfrac_at(50)) == 0.25
+  assert float(s.pfrac_at(99)) == 0.25
+  assert float(s.keep_fraction("hidden", 16.0)) == 1.0
+  assert float(s.keep_fraction("hidden", 0.25)) == 0.25 / 16
+  assert float(s.keep_fraction("embed", 0.25)) == 0.25 / 4
+
+
+def test_make_plan_rejects_too_few_for_four_per_neuron():
+  abstract = {"h_0": {"mlp": {"c_fc": {"kernel": jax.ShapeDtypeStruct(
+      (64, 256), jnp.float32)}}}}
+  sched = S.Schedule(100, pfrac=0.25, expansion_factor=4.0)
+  with pytest.raises(ValueError, match=r"h_0/mlp/c_fc/kernel.*sparsity"):
+    S.make_plan(abstract, sched)
+  plan = S.make_plan(abstract, S.Schedule(100, 1.0, 4.0))
+  (m,) = plan.matrices
+  assert m.k_final == 64 * 256 // 16 and m.protect_axis == 0
