@@ -129,6 +129,13 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.prune.calibrate = True
   c.prune.random_control = True
 
+  # The authors' checkpoint format (sparse_circuits/interop.py).
+  c.interop = ml_collections.ConfigDict()
+  c.interop.path = ""              # --mode=import: dir with beeg_config.json
+  # tokenizer_name written to an exported beeg_config.json; "" = the
+  # imported model's, else one derived from this run's tokenizer files.
+  c.interop.tokenizer_name = ""
+
   return c
 
 

@@ -101,7 +101,8 @@ def make_train_step(setup: Setup):
         params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    metrics = dict(loss=loss, grad_norm=grad_norm,
                    lr=setup.lr_fn(step), dead_neurons=dead)
     if plan is not None:
       metrics["pfrac"] = plan.schedule.pfrac_at(step)
@@ -223,7 +224,10 @@ def run(config, workdir: str):
       log.write(row)
     bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
 
+  kill_at = int(os.environ.get("SPARSE_CIRCUITS_KILL_AT_STEP", "-1"))
   for step in range(start, t.num_steps):
+    if step == kill_at:  # tests: a hard crash, nothing flushed or closed
+      os.kill(os.getpid(), 9)
     batch = sharding.global_batch(next(it), setup.mesh)
     params, opt_state, metrics = train_step(params, opt_state,
                                             jnp.int32(step), batch)
