@@ -106,6 +106,7 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.tasks.n_train = 512
   c.tasks.n_test = 128
   c.tasks.user_tasks = ""          # path to a .jsonl of user tasks
+  c.tasks.names = ()               # tasks to build/evaluate; () = all + user
 
   c.prune = ml_collections.ConfigDict()
   c.prune.tasks = ("single_double_quote",)

@@ -17,8 +17,10 @@ batch.
 
 The pipeline is a `grain.MapDataset` over batch indices, so it is
 deterministic and its state is one integer: each epoch cuts the token stream
-into windows of block_size + 1 at a seeded offset, deals them out to JAX
-processes and permutes them (a new permutation each epoch).
+into windows of block_size + 1 at a seeded offset and permutes them (a new
+permutation each epoch); global batch b is the next batch_size windows of
+that order and JAX process p reads only its rows [p*B/P, (p+1)*B/P), so the
+global batch is the same whatever the number of processes.
 """
 
 import dataclasses
@@ -145,15 +147,26 @@ def _load_manifest(path: epath.Path) -> dict:
     return {}
 
 
-def prepare(config, workdir) -> DataInfo:
-  """Builds (or reuses) the tokenizer and token shards under WORKDIR/data."""
+def prepare(config, workdir, reuse: bool = False) -> DataInfo:
+  """Builds (or reuses) the tokenizer and token shards under WORKDIR/data.
+
+  `reuse=True` is for a run that already has checkpoints: its model was
+  trained with the tokenizer on disk, so that one is used as it is even if
+  the code or corpus changed since (a new tokenizer would not match it).
+  """
   data_dir = epath.Path(workdir) / "data"
   data_dir.mkdir(parents=True, exist_ok=True)
   manifest_path = data_dir / "manifest.json"
   old = _load_manifest(manifest_path)
+  train_path, eval_path = data_dir / "train.zarr", data_dir / "eval.zarr"
+  if reuse and old and train_path.exists():
+    tok_dir = old["tokenizer_dir"]
+    if tokenizer_lib.load(tok_dir).sha256 != old["tokenizer_sha256"]:
+      raise ValueError(f"{tok_dir} changed since this run's data was built")
+    return DataInfo(tok_dir, str(train_path), str(eval_path),
+                    dict(old["summary"], rebuilt=False))
   corpus = corpus_lib.Corpus(config.data)
   fingerprint = corpus.fingerprint()
-  train_path, eval_path = data_dir / "train.zarr", data_dir / "eval.zarr"
   start = time.time()
 
   tok_dir = config.data.tokenizer_dir or str(data_dir / "tokenizer")
@@ -249,24 +262,27 @@ def run(config, workdir) -> DataInfo:
 
 
 class _TrainBatches:
-  """Batch b of one process's share of the train windows (a grain source).
+  """Process `index`'s rows of global batch b (a grain source).
 
   Epoch e cuts the token stream into windows of `length` starting at a
-  seeded offset in [0, length), deals window k to process k % count and
-  permutes each share with a permutation seeded by (seed, e). Windows never
-  overlap within an epoch, so processes see disjoint data. Done in numpy per
-  batch: grain's per-element shuffle costs ~50 us a window.
+  seeded offset in [0, length) and permutes them with a permutation seeded
+  by (seed, e); global batch b is windows [b*B, (b+1)*B) of that order
+  (B = batch * count) and process `index` reads rows [index*batch,
+  (index+1)*batch) of it. Windows never overlap within an epoch, so
+  processes see disjoint data, and the global batch does not depend on the
+  process count. Done in numpy per batch: grain's per-element shuffle costs
+  ~50 us a window.
   """
 
   def __init__(self, tokens, length, batch, seed, index, count):
     self.tokens, self.length, self.batch = tokens, length, batch
     self.seed, self.index, self.count = seed, index, count
     # With an offset in [0, length) the last window must still fit.
-    self.local = (tokens.size - length + 1) // length // count
-    if self.local < batch:
+    self.n_windows = (tokens.size - length + 1) // length
+    if self.n_windows < batch * count:
       raise ValueError(f"the train split has {tokens.size} tokens: fewer than "
-                       f"{batch} windows of {length} for each of {count} "
-                       "processes")
+                       f"{batch * count} windows of {length} (one global "
+                       "batch)")
     self._epochs = {}
 
   def __len__(self):
@@ -278,16 +294,17 @@ class _TrainBatches:
       # A batch straddles at most two epochs: keep the neighbours only.
       self._epochs = {k: v for k, v in self._epochs.items() if abs(k - e) == 1}
       self._epochs[e] = (int(rng.integers(self.length)),
-                         rng.permutation(self.local))
+                         rng.permutation(self.n_windows))
     return self._epochs[e]
 
   def __getitem__(self, b: int) -> np.ndarray:
-    epoch, j = np.divmod(b * self.batch + np.arange(self.batch), self.local)
+    rows = (b * self.count + self.index) * self.batch + np.arange(self.batch)
+    epoch, j = np.divmod(rows, self.n_windows)
     starts = np.empty(self.batch, np.int64)
     for e in np.unique(epoch):
       offset, perm = self._epoch(int(e))
       m = epoch == e
-      starts[m] = (perm[j[m]] * self.count + self.index) * self.length + offset
+      starts[m] = perm[j[m]] * self.length + offset
     return self.tokens.windows(starts, self.length)
 
 

@@ -53,7 +53,8 @@ def interventions(masks, means):
 
 def last_logits(params, cfg, tokens, masks=None, means=None):
   iv = interventions(masks, means) if masks is not None else None
-  logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv)
+  logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv,
+                                last_only=True)
   return logits[:, -1]
 
 
@@ -323,7 +324,7 @@ def run(config, workdir: str):
   cfg = train.model_config(config)
   setup = train.make_setup(config)
   params, step = checkpoints.restore_params(workdir, setup.abstract_params)
-  info = data.prepare(config, workdir)
+  info = data.prepare(config, workdir, reuse=True)
   tok = tok_lib.load(info.tokenizer_dir)
   sites = circuit_lib.node_sites(cfg)
   batches = data.eval_batches(config, info, pc.mean_batches)

@@ -39,7 +39,12 @@ REQUIRED_TOKENS: tuple[str, ...] = (
     " elif", " else", "else", "elif", "}\"", "):\n", " not", " is", " and",
     " or", " return", "return", " None", "None", ",", ".", "(", "[", "{",
     " for", " if", " while", " def", " class", " from", "from", "import",
-    "'\n", "\"\n", "')\n", "\")\n", "')", "\")")
+    "'\n", "\"\n", "')\n", "\")\n", "')", "\")",
+    # tasks.py candidates
+    ".append", " except", "(cls", ")\n", "}\n", "))\n", " ==", "':", "',",
+    "\":", "\",", "   ", "       ", "           ", " name", " value", " size",
+    " path", " data", " key", " mode", " text", " source", " count", " index",
+    " default", " filename", " stream")
 
 
 @functools.cache

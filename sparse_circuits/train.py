@@ -20,6 +20,7 @@ import optax
 from tqdm import tqdm
 
 from sparse_circuits import checkpoints
+from sparse_circuits import distributed
 from sparse_circuits import model as model_lib
 from sparse_circuits import optim
 from sparse_circuits import sharding
@@ -187,9 +188,9 @@ def run(config, workdir: str):
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   setup = make_setup(config)
-  info = data.prepare(config, workdir)
+  info = distributed.primary_first(data.prepare, config, workdir)
   it = data.train_iterator(config, info)
-  eval_batches = [sharding.global_batch(b, setup.mesh) for b in
+  eval_batches = [distributed.global_from_full(b, setup.mesh) for b in
                   data.eval_batches(config, info, config.train.eval_batches)]
   t = config.train
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
