@@ -22,11 +22,16 @@ def ckpt_dir(workdir: str) -> str:
 
 
 def manager(workdir: str, keep: int = 2, async_save: bool = True):
+  import grain  # pylint: disable=g-import-not-at-top
   return ocp.CheckpointManager(
       ckpt_dir(workdir),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=True,
-          enable_async_checkpointing=async_save))
+          enable_async_checkpointing=async_save),
+      item_handlers={"params": ocp.StandardCheckpointHandler(),
+                     "opt_state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler()})
 
 
 def save(mngr, step: int, params, opt_state, config, data_iter=None):
@@ -42,10 +47,14 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None):
 
 
 def latest_step(workdir: str):
-  if not os.path.isdir(ckpt_dir(workdir)):
+  """The newest finalized checkpoint's step (Orbax writes into a temporary
+  name and renames when done, so a crash mid-save leaves no step dir)."""
+  d = ckpt_dir(workdir)
+  if not os.path.isdir(d):
     return None
-  with manager(workdir, async_save=False) as mngr:
-    return mngr.latest_step()
+  steps = [int(n) for n in os.listdir(d)
+           if n.isdigit() and os.path.isdir(os.path.join(d, n))]
+  return max(steps) if steps else None
 
 
 def restore(mngr, step, abstract_params, abstract_opt_state=None,

@@ -122,8 +122,11 @@ def _capture(params, cfg, tokens, names):
 
 
 def annotate(node_recs, params, cfg, task, tok, heldout, evaluator, keep,
-             n_examples=3, n_snippets=3, max_ablations=64):
-  """Adds example_acts, top_snippets and ablation_delta to node records."""
+             n_examples=3, n_snippets=3, max_ablations=64, max_annotated=256):
+  """Adds example_acts, top_snippets and ablation_delta to node records
+  (the `max_annotated` of largest tau only, so that a circuit that missed
+  its target and kept thousands of nodes still gives a page that loads)."""
+  node_recs = sorted(node_recs, key=lambda n: -n["tau"])[:max_annotated]
   names = tuple(sorted({n["site"] for n in node_recs}))
   if not names:
     return

@@ -12,7 +12,7 @@ ALL_AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out",
 SIZES = {
     # name: (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch,
     #        steps, pfrac, expansion_factor)
-    "tiny": (2, 128, 8, 16, 512, 128, 32, 600, 1.0, 4.0),
+    "tiny": (2, 128, 8, 16, 512, 64, 64, 900, 1.0, 2.0),
     "small": (4, 256, 16, 16, 1024, 256, 64, 5000, 1.0, 4.0),
     "paper": (8, 1024, 64, 16, 4096, 256, 512, 100000, 0.25, 4.0),
 }
@@ -101,6 +101,18 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       (r".*", ()),
   )
 
+  # Multi-host and ahead-of-time checks (sparse_circuits/distributed.py,
+  # compile_check.py; BUILD.md).
+  c.distributed = ml_collections.ConfigDict()
+  # compile_check fails above this estimate per device; 0 = the device's
+  # own capacity where JAX reports it (GPU), else no limit.
+  c.distributed.device_memory_gb = 0.0
+  # compile_check for a TPU slice from any machine with libtpu, e.g.
+  # "v5e:4x4" (v5e-16) with chips_per_host (2, 2, 1); "" = attached devices.
+  c.distributed.compile_topology = ""
+  c.distributed.compile_chip_config = "default"
+  c.distributed.compile_chips_per_host = (2, 2, 1)
+
   c.tasks = ml_collections.ConfigDict()
   c.tasks.seed = 0
   c.tasks.n_train = 512
@@ -129,6 +141,10 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.prune.mean_batches = 8
   c.prune.calibrate = True
   c.prune.random_control = True
+  if size == "tiny":  # minutes on two CPU cores
+    c.prune.steps = 200
+    c.prune.batch_size = 16
+    c.prune.sweep_k_coef = (3e-4, 1e-3, 3e-3)
 
   # The authors' checkpoint format (sparse_circuits/interop.py).
   c.interop = ml_collections.ConfigDict()

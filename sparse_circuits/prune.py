@@ -239,10 +239,11 @@ def smallest_k(evaluator, order, sites, target):
 
 # ---------------------------------------------------------------- one task
 
-def prune_task(params, cfg, means, task, pc, sites, progress=True):
+def prune_task(params, cfg, means, task, pc, sites, progress=True,
+               settings=None):
   """Sweep, discretise and validate one task. Returns a result dict with the
   kept nodes (site -> bool), tau, and every loss of the circuit.json schema."""
-  settings = sweep_settings(pc)
+  settings = settings or sweep_settings(pc)
   t0 = time.perf_counter()
   tau, last = train_masks(params, cfg, means, pc, task.train, settings, sites,
                           progress)
@@ -283,8 +284,9 @@ def prune_task(params, cfg, means, task, pc, sites, progress=True):
       loss_vs_k=curve, evaluator=test_eval)
 
 
-def random_control(config, cfg, plan_params_like, batches, task, pc, sites):
-  """The same pruning on a randomly initialised model of the same shape."""
+def random_control(config, cfg, batches, task, pc, sites, setting):
+  """The same pruning (the setting that won on the trained model) on a
+  randomly initialised model of the same shape."""
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   rand = model_lib.init_params(cfg, config.seed + 1)
@@ -292,7 +294,8 @@ def random_control(config, cfg, plan_params_like, batches, task, pc, sites):
   if setup_plan is not None:
     rand = sparsity.project(rand, setup_plan, jnp.int32(config.train.num_steps))
   means = compute_means(rand, cfg, batches, sites)
-  res = prune_task(rand, cfg, means, task, pc, sites, progress=False)
+  res = prune_task(rand, cfg, means, task, pc, sites, progress=False,
+                   settings=[Setting(**setting)])
   return {"loss": res["losses"]["circuit"], "k": res["k"],
           "reached": res["reached"],
           "full_model": res["losses"]["full_model"]}
@@ -341,8 +344,8 @@ def run(config, workdir: str):
   for name in pc.tasks:
     task = all_tasks[name]
     res = prune_task(params, cfg, means_j, task, pc, sites)
-    control = (random_control(config, cfg, params, batches, task, pc, sites)
-               if pc.random_control else None)
+    control = (random_control(config, cfg, batches, task, pc, sites,
+                              res["setting"]) if pc.random_control else None)
     doc = circuit_lib.document(
         params, cfg, task, res, means, control, tok,
         heldout=data.eval_batches(config, info, 1)[0],

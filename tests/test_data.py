@@ -202,7 +202,8 @@ def test_batches_shape_and_seed(tiny_data):
   config, info = tiny_data
   a = _take(data.train_iterator(config, info, 0, 1), 5)
   b = _take(data.train_iterator(config, info, 0, 1), 5)
-  assert a[0].shape == (32, 129) and a[0].dtype == np.int32
+  assert a[0].shape == (config.train.batch_size, config.model.block_size + 1)
+  assert a[0].dtype == np.int32
   assert all((x == y).all() for x, y in zip(a, b))
   assert a[0].max() < 2048 and not (a[0] == a[1]).all()
   other = config.copy_and_resolve_references()
@@ -256,7 +257,8 @@ def _synthetic_info(tmp_path, n_tokens):
 
 
 def test_processes_see_disjoint_windows(tmp_path):
-  config = config_lib.base_config("tiny")  # batch 32, windows of 129
+  config = config_lib.base_config("tiny")
+  config.train.batch_size, config.model.block_size = 32, 128  # windows of 129
   info = _synthetic_info(tmp_path, 60_000)  # 464 windows: 232 per process
   epoch_batches = 232 // 16
   starts = []
@@ -274,7 +276,7 @@ def test_processes_see_disjoint_windows(tmp_path):
 
 def test_epochs_reshuffle_and_never_end(tmp_path):
   config = config_lib.base_config("tiny")
-  config.train.batch_size = 8
+  config.train.batch_size, config.model.block_size = 8, 128
   info = _synthetic_info(tmp_path, 3_000)  # 22 windows: 2.75 batches/epoch
   rows = np.concatenate(_take(data.train_iterator(config, info, 0, 1), 30))
   windows = (rows[:66, 0] // 129).reshape(3, 22)  # three epochs
@@ -286,5 +288,6 @@ def test_eval_batches_are_deterministic_and_full(tiny_data):
   config, info = tiny_data
   a = data.eval_batches(config, info, 3)
   b = data.eval_batches(config, info, 3)
-  assert len(a) == 3 and a[0].shape == (32, 129) and a[0].dtype == np.int32
+  assert len(a) == 3 and a[0].dtype == np.int32
+  assert a[0].shape == (config.train.batch_size, config.model.block_size + 1)
   assert all((x == y).all() for x, y in zip(a, b))

@@ -155,6 +155,10 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, tiny_data):
   assert sorted(a) == sorted(b) == list(range(1, 21))
   for step in range(1, 21):
     assert a[step] == b[step], (step, a[step], b[step])
+  # init_from warm-starts the parameters of a new run from another run.
+  warm = tmp_path / "warm"
+  _run_main(warm, *MICRO_FLAGS, tok, f"train.init_from={straight}")
+  assert _losses(warm)[1] < a[1] - 0.5, (_losses(warm)[1], a[1])
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(
