@@ -227,7 +227,8 @@ def run(config, workdir: str):
 
   kill_at = int(os.environ.get("SPARSE_CIRCUITS_KILL_AT_STEP", "-1"))
   for step in range(start, t.num_steps):
-    if step == kill_at:  # tests: a hard crash, nothing flushed or closed
+    if step == kill_at:  # tests: a hard crash once the last save is durable
+      mngr.wait_until_finished()
       os.kill(os.getpid(), 9)
     batch = sharding.global_batch(next(it), setup.mesh)
     params, opt_state, metrics = train_step(params, opt_state,
