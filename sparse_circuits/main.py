@@ -16,6 +16,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
 _MODE = flags.DEFINE_string("mode", "all", "What to run; see MODES.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default",
                                "Directory for data, checkpoints and outputs.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process job (jax.distributed); also "
+    "on with SPARSE_CIRCUITS_DISTRIBUTED=1 or JAX_COORDINATOR_ADDRESS set.")
 
 # mode -> "module:function"; imported lazily so that one mode's optional
 # dependencies never break another mode.
@@ -23,12 +26,15 @@ MODES = {
     "data": "sparse_circuits.data:run",
     "train": "sparse_circuits.train:run",
     "eval": "sparse_circuits.evaluate:run",
+    "prune": "sparse_circuits.prune:run",
     "report": "sparse_circuits.viz:run",
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",
+    "compile_check": "sparse_circuits.compile_check:run",
+    "bench": "sparse_circuits.bench:run",
 }
 # What `--mode=all` runs, in order.
-PIPELINE = ("data", "train", "eval")
+PIPELINE = ("data", "train", "eval", "prune", "report")
 
 
 def _resolve(mode):
@@ -39,6 +45,8 @@ def _resolve(mode):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from sparse_circuits import distributed  # pylint: disable=g-import-not-at-top
+  distributed.maybe_initialize(_DISTRIBUTED.value)  # before any computation
   from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   config_lib.validate(config)

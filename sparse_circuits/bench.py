@@ -1,0 +1,489 @@
+"""Benchmark: `python -m sparse_circuits.bench --config=configs/tiny.py
+[--torch] [--topk] [--prune] [--workdir=RUN]` (or `--mode=bench`).
+
+Train throughput (tokens/s) on the first attached device, model TFLOP/s, MFU
+against a matmul timed on the same device in the same run, and the share of
+the step spent in weight top-k, activation top-k and the input pipeline.
+All variants are timed in interleaved rounds (A B C A B C ...) and each
+figure is the median over rounds, so a noisy shared machine shifts them
+together; compare ratios within one run, not absolute times across runs.
+
+  model FLOPs per token = 6 N_active + 6 n_layer L (n_head d_head)
+
+N_active counts the weights of every matrix product (the kernels of c_attn,
+c_proj, c_fc and lm_head), zeros of the sparse matrices included since the
+step multiplies dense matrices; table lookups (wte, wpe, the bigram table)
+and vectors do no matmul work and are left out. 6 N_active is the forward
+and backward matmul work, the second term the causal attention scores and
+values (QK^T and PV over half the L x L square, x3 for the backward).
+../shared/BENCHMARKS.md counts all 110.2M parameters instead (6.6e8 + 1.3e7
+FLOP per token for the paper model, 7% above this count); on the tiny
+config, whose 4.2M-entry bigram table dwarfs its 0.66M matmul weights, that
+convention would overstate the work 6x.
+
+Shares: weight top-k = `sparsity.project` of the real parameters timed
+alone / step; activation top-k = 1 - step(afrac = 0) / step; input pipeline
+= step fed from `data.train_iterator` / step on an in-memory batch - 1.
+
+`--topk` compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
+bisection of `sparsity.topk_mask` on the weight projection and on the
+activation rows of this config. `--prune` times mask training plus the k
+search for one task (`prune.prune_task`; a random model and a synthetic task
+unless --workdir holds a trained run) and the vectorised sweep (8 settings
+in one program vs 1). `--torch` times `bench_torch`, the same step in plain
+PyTorch, in the same rounds.
+"""
+
+import math
+import statistics
+import tempfile
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_circuits import model as model_lib
+from sparse_circuits import sharding
+from sparse_circuits import sparsity
+from sparse_circuits import train
+
+
+# ------------------------------------------------------------------ FLOPs
+
+
+def param_count(cfg: model_lib.ModelConfig, matmul_only=False) -> int:
+  """All parameters, or only the matmul weights (N_active)."""
+  flat = jax.tree_util.tree_flatten_with_path(model_lib.abstract_params(cfg))
+  return sum(math.prod(a.shape) for p, a in flat[0]
+             if not matmul_only or sparsity.path_str(p).endswith("kernel"))
+
+
+def model_flops_per_token(config) -> float:
+  """6 N_active + 6 n_layer L d_attn (see the module docstring)."""
+  cfg = model_lib.ModelConfig.from_config(config.model)
+  d_attn = cfg.n_head * cfg.d_head
+  return (6.0 * param_count(cfg, matmul_only=True) +
+          6.0 * cfg.n_layer * cfg.block_size * d_attn)
+
+
+# ----------------------------------------------------------------- timing
+
+
+def race(contenders: dict, rounds: int = 7, seconds: float = 0.5) -> dict:
+  """Median seconds per call of each `fn(n)` (which runs n calls and
+  blocks), timed in interleaved rounds after one warm-up call each."""
+  n_per = {}
+  for name, fn in contenders.items():
+    fn(1)  # compile / warm up
+    start = time.perf_counter()
+    fn(1)
+    one = max(time.perf_counter() - start, 1e-6)
+    n_per[name] = max(1, min(50, int(seconds / one)))
+  times = {name: [] for name in contenders}
+  for _ in range(rounds):
+    for name, fn in contenders.items():
+      start = time.perf_counter()
+      fn(n_per[name])
+      times[name].append((time.perf_counter() - start) / n_per[name])
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul(device):
+  """(run, FLOPs per call, description) of one large square matmul on
+  `device`: its FLOP/s is the compute ceiling MFU is measured against."""
+  if device.platform == "cpu":
+    n, dtype = 2048, jnp.float32
+  else:
+    n, dtype = 8192, jnp.bfloat16
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.device_put(jax.random.normal(k1, (n, n), dtype), device)
+  b = jax.device_put(jax.random.normal(k2, (n, n), dtype), device)
+  return (_runner(jax.jit(lambda a, b: a @ b), a, b), 2.0 * n ** 3,
+          f"{n}^3 {jnp.dtype(dtype).name}")
+
+
+# ------------------------------------------------------------------ train
+
+
+class _Stepper:
+  """A config's jitted train step on one device, state threaded through."""
+
+  def __init__(self, config, device):
+    self.setup = train.make_setup(config, [device])
+    self.params, self.opt = train.init_state(self.setup, config.seed)
+    self.step_fn = train.make_train_step(self.setup)
+    plan = self.setup.plan
+    # Time the steady state: after annealing, at the final k.
+    self.step = jnp.int32(plan.schedule.end_step if plan else 0)
+    rng = np.random.default_rng(0)
+    self.batch = sharding.global_batch(
+        rng.integers(0, config.model.vocab_size,
+                     (config.train.batch_size, config.model.block_size + 1),
+                     dtype=np.int32), self.setup.mesh)
+
+  def run(self, k, batches=None):
+    m = None
+    for _ in range(k):
+      b = (self.batch if batches is None else
+           sharding.global_batch(next(batches), self.setup.mesh))
+      self.params, self.opt, m = self.step_fn(self.params, self.opt,
+                                              self.step, b)
+    jax.block_until_ready(m)
+
+
+def _pipeline(config, workdir):
+  """A train iterator over real data (WORKDIR's, or a small fresh corpus)."""
+  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  if workdir is None:
+    workdir = tempfile.mkdtemp(prefix="sparse_circuits_bench_")
+    config.data.max_corpus_bytes = 2_500_000
+    config.data.tokenizer_max_bytes = 2_500_000
+  info = data.prepare(config, workdir)
+  return data.train_iterator(config, info, 0, 1)
+
+
+def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
+  """Figures of the train step; see the module docstring."""
+  device = jax.devices()[0]
+  on = _Stepper(config, device)
+  contenders = {"step": on.run}
+  if config.model.afrac > 0:
+    off_cfg = config.copy_and_resolve_references()
+    off_cfg.model.afrac = 0.0
+    off = _Stepper(off_cfg, device)
+    contenders["step, afrac 0"] = off.run
+  if on.setup.plan is not None:
+    plan, step = on.setup.plan, on.step
+    project = jax.jit(lambda p: sparsity.project(p, plan, step))
+
+    def run_project(k):
+      out = None
+      for _ in range(k):
+        out = project(on.params)
+      jax.block_until_ready(out)
+    contenders["weight top-k alone"] = run_project
+  it = _pipeline(config, workdir)
+  contenders["step, real data"] = lambda k: on.run(k, it)
+  torch_steps = {}
+  if with_torch:
+    import os  # pylint: disable=g-import-not-at-top
+    from sparse_circuits import bench_torch  # pylint: disable=g-import-not-at-top
+    # torch's OpenMP threads suffer more than XLA's pool when the cores are
+    # shared: time 1 thread and all cores, and compare with the faster.
+    for n in sorted({1, os.cpu_count() or 1}):
+      torch_steps[n] = bench_torch.TorchStep(config, on.setup.plan, threads=n)
+      contenders[f"torch step, {n} thread{'s' * (n > 1)}"] = torch_steps[n].run
+  mm_run, mm_flops, mm_desc = matmul(device)
+  contenders["matmul " + mm_desc] = mm_run
+  t = race(contenders, rounds=rounds)
+  ceiling = mm_flops / t.pop("matmul " + mm_desc)
+  tokens = config.train.batch_size * config.model.block_size
+  flops = model_flops_per_token(config) * tokens
+  out = dict(device=f"{device.platform} ({device.device_kind})",
+             tokens_per_step=tokens, times=t, step_s=t["step"],
+             tokens_per_s=tokens / t["step"],
+             model_tflops=flops / t["step"] / 1e12,
+             ceiling_tflops=ceiling / 1e12, ceiling_desc=mm_desc,
+             mfu=flops / t["step"] / ceiling,
+             n_params=param_count(on.setup.cfg),
+             n_active=param_count(on.setup.cfg, matmul_only=True),
+             flops_per_token=model_flops_per_token(config))
+  if "weight top-k alone" in t:
+    out["weight_topk_share"] = t["weight top-k alone"] / t["step"]
+  if "step, afrac 0" in t:
+    out["activation_topk_share"] = 1 - t["step, afrac 0"] / t["step"]
+  out["pipeline_overhead"] = t["step, real data"] / t["step"] - 1
+  if torch_steps:
+    best = min((t[k], k) for k in t if k.startswith("torch"))
+    out["torch_tokens_per_s"] = tokens / best[0]
+    out["torch_best"] = best[1]
+    out["speedup_vs_torch"] = best[0] / t["step"]
+  return out
+
+
+def format_train(config, r) -> str:
+  rows = [
+      f"config {config.get('name', '?')}: batch {config.train.batch_size} x "
+      f"{config.model.block_size} tokens, {r['n_params'] / 1e6:.2f}M "
+      f"parameters ({r['n_active'] / 1e6:.2f}M in matmuls), "
+      f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, on "
+      f"{r['device']}",
+      f"{'':<34}{'ms/step':>10}{'tokens/s':>12}",
+  ]
+  for name, s in r["times"].items():
+    toks = "" if "alone" in name else f"{r['tokens_per_step'] / s:>12,.0f}"
+    rows.append(f"  {name:<32}{1e3 * s:>10.2f}{toks}")
+  rows += [
+      f"  {'model TFLOP/s':<32}{r['model_tflops']:>10.4f}",
+      f"  {'matmul ceiling TFLOP/s':<32}{r['ceiling_tflops']:>10.4f}"
+      f"  ({r['ceiling_desc']}, same device, same run)",
+      f"  {'MFU':<32}{100 * r['mfu']:>9.1f}%",
+  ]
+  for key, label, target in (
+      ("weight_topk_share", "weight top-k share of step", "<= 3%"),
+      ("activation_topk_share", "activation top-k share", "<= 15%"),
+      ("pipeline_overhead", "input pipeline overhead", "<= 3%")):
+    if key in r:
+      rows.append(f"  {label:<32}{100 * r[key]:>9.1f}%  (target {target})")
+  if "speedup_vs_torch" in r:
+    rows.append(f"  {'ours / torch tokens/s':<32}{r['speedup_vs_torch']:>9.2f}x"
+                f"  (target >= 1.5x; vs the faster torch: "
+                f"{r['torch_best']})")
+  return "\n".join(rows)
+
+
+# ------------------------------------------------------------------ top-k
+
+
+def _lax_topk_mask(score, k):
+  _, idx = jax.lax.top_k(score, k)
+  return jnp.put_along_axis(jnp.zeros(score.shape, jnp.bool_), idx, True,
+                            axis=-1, inplace=False)
+
+
+def _approx_topk_mask(score, k):
+  _, idx = jax.lax.approx_max_k(score, k)
+  return jnp.put_along_axis(jnp.zeros(score.shape, jnp.bool_), idx, True,
+                            axis=-1, inplace=False)
+
+
+METHODS = {"bisection (topk_mask)": sparsity.topk_mask,
+           "lax.top_k + scatter": _lax_topk_mask,
+           "approx_max_k + scatter": _approx_topk_mask}
+
+
+def topk_bench(config, rounds=5) -> list[tuple]:
+  """(what, method, fwd ms, fwd+bwd ms or None, exact) rows."""
+  cfg = model_lib.ModelConfig.from_config(config.model)
+  rows = []
+  setup = train.make_setup(config, jax.devices()[:1])
+  params = model_lib.init_params(cfg, 0)
+  if setup.plan is not None:
+    flat = {sparsity.path_str(p): w for p, w in
+            jax.tree_util.tree_flatten_with_path(params)[0]}
+    mats = [(jnp.abs(flat[m.path]).reshape(1, -1), m.k_final)
+            for m in setup.plan.matrices]
+    want = [sparsity.topk_mask(s, k) for s, k in mats]
+    fns, exact = {}, {}
+    for name, method in METHODS.items():
+      f = jax.jit(lambda ms, method=method: [
+          method(s, k) for s, (_, k) in zip(ms, mats)])
+      got = f([s for s, _ in mats])
+      exact[name] = all(bool((g == w).all()) for g, w in zip(got, want))
+      fns[name] = _runner(f, [s for s, _ in mats])
+    t = race(fns, rounds=rounds)
+    for name in METHODS:
+      rows.append((f"weight projection, {len(mats)} matrices", name,
+                   1e3 * t[name], None, exact[name]))
+  n_rows = config.train.batch_size * config.model.block_size
+  afrac = config.model.afrac or 0.25
+  for width in sorted({cfg.d_model, cfg.d_mlp}):
+    k = int(afrac * width)
+    x = jax.random.normal(jax.random.key(1), (n_rows, width))
+    want = sparsity.topk_mask(jnp.abs(x), k)
+    fns, exact = {}, {}
+    for name, method in METHODS.items():
+      fwd = jax.jit(lambda x, m=method: jnp.where(m(jnp.abs(x), k), x, 0.0))
+      bwd = jax.jit(jax.grad(lambda x, m=method: jnp.sum(
+          jnp.where(m(jnp.abs(x), k), x, 0.0) * x)))
+      exact[name] = bool((fwd(x) != 0).sum() == n_rows * k and
+                         ((fwd(x) != 0) == want).all())
+      fns[name] = _runner(fwd, x)
+      fns[name + " bwd"] = _runner(bwd, x)
+    t = race(fns, rounds=rounds)
+    for name in METHODS:
+      rows.append((f"activation rows {n_rows} x {width}, keep {k}", name,
+                   1e3 * t[name], 1e3 * t[name + " bwd"], exact[name]))
+  return rows
+
+
+def _runner(f, *args):
+  def run(k):
+    out = None
+    for _ in range(k):
+      out = f(*args)
+    jax.block_until_ready(out)
+  return run
+
+
+def format_topk(rows) -> str:
+  out = [f"{'what':<42}{'method':<26}{'fwd ms':>9}{'fwd+bwd':>9}  exact"]
+  for what, method, fwd, bwd, exact in rows:
+    b = f"{bwd:>9.2f}" if bwd is not None else f"{'':>9}"
+    out.append(f"{what:<42}{method:<26}{fwd:>9.2f}{b}  "
+               f"{'yes' if exact else 'NO'}")
+  return "\n".join(out)
+
+
+# ------------------------------------------------------------------ prune
+
+
+def _synthetic_task(config, n, length, seed=0):
+  """Random prompts; pair i = rows 2i, 2i+1 with swapped candidates."""
+  from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  V = config.model.vocab_size
+
+  def split(n):
+    tokens = rng.integers(0, V, (n, length), dtype=np.int32)
+    tokens[1::2, -1] = tokens[0::2, -1]  # a pair shares its last token
+    a, b = 10 + np.arange(n // 2) % 7, 20 + np.arange(n // 2) % 5
+    target = np.stack([a, b], 1).reshape(-1).astype(np.int32)
+    alt = np.stack([b, a], 1).reshape(-1).astype(np.int32)
+    return tasks_lib.TaskData(tokens, target, alt,
+                              np.arange(n, dtype=np.int32) // 2, [""] * n)
+  return tasks_lib.Task("synthetic", "random prompts", split(n), split(n))
+
+
+def _prune_inputs(config, workdir):
+  """(config, params, means, task, label): a trained run or a random model."""
+  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import circuit as circuit_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  if workdir and checkpoints.latest_step(workdir) is not None:
+    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    from sparse_circuits import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+    run_cfg = checkpoints.load_config(workdir)
+    with run_cfg.unlocked():
+      run_cfg.prune, run_cfg.tasks = config.prune, config.tasks
+    cfg = train.model_config(run_cfg)
+    params, step = checkpoints.restore_params(
+        workdir, train.make_setup(run_cfg, jax.devices()[:1]).abstract_params)
+    info = data.prepare(run_cfg, workdir)
+    name = run_cfg.prune.tasks[0]
+    task = tasks_lib.build_all(run_cfg, tok_lib.load(info.tokenizer_dir),
+                               names=[name])[name]
+    batches = data.eval_batches(run_cfg, info, run_cfg.prune.mean_batches)
+    label = f"{name} on {workdir} (step {step})"
+    config = run_cfg
+  else:
+    cfg = train.model_config(config)
+    params = model_lib.init_params(cfg, config.seed)
+    plan = train.make_setup(config, jax.devices()[:1]).plan
+    if plan is not None:
+      params = sparsity.project(params, plan, jnp.int32(config.train.num_steps))
+    task = _synthetic_task(config, config.tasks.n_train, 48)
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, config.model.vocab_size,
+                            (config.train.batch_size,
+                             config.model.block_size + 1), dtype=np.int32)
+               for _ in range(2)]
+    label = "synthetic task on a random model"
+  sites = circuit_lib.node_sites(cfg)
+  means = prune.compute_means(params, cfg, batches, sites)
+  means = {k: jnp.asarray(v) for k, v in means.items()}
+  return config, cfg, params, means, task, sites, label
+
+
+def prune_bench(config, workdir=None, n_settings=8) -> dict:
+  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  config, cfg, params, means, task, sites, label = _prune_inputs(config,
+                                                                 workdir)
+  pc = config.prune
+  if label.startswith("synthetic"):
+    # A random model cannot reach the real target: aim just above its full
+    # loss so that the k search does its usual ~log2(nodes) evaluations.
+    full = prune.Evaluator(params, cfg, means, task.train, sites,
+                           pc.calibrate).loss(
+                               {s.name: np.ones(s.width, bool) for s in sites})
+    pc = pc.copy_and_resolve_references()
+    pc.target_loss = full + 0.02
+    label += f" (target loss {pc.target_loss:.3f} = full model + 0.02)"
+  start = time.perf_counter()
+  res = prune.prune_task(params, cfg, means, task, pc, sites, progress=False)
+  wall = time.perf_counter() - start
+  n_grid = len(prune.sweep_settings(pc))
+  # Vectorised sweep: one step of S settings in one program vs S = 1.
+  step_fn, init_fn = prune.make_train_fn(params, cfg, means, pc, task.train)
+  bs = 2 * min(pc.batch_size, len(task.train.target) // 2)
+  idx = jnp.arange(bs, dtype=jnp.int32)
+  fns = {}
+  for s in (1, n_settings):
+    settings = [prune.Setting(pc.k_coef, pc.lr, pc.temperature, i)
+                for i in range(s)]
+    tau = jax.tree.map(lambda *x: jnp.stack(x), *[
+        prune.init_tau(sites, st.seed, pc.init_mean, pc.init_std)
+        for st in settings])
+    state = {"tau": tau, "opt": init_fn(tau)}
+    hp = {f: jnp.full((s,), getattr(pc, f), jnp.float32)
+          for f in ("k_coef", "lr", "temperature")}
+
+    def run(k, state=state, hp=hp):
+      m = None
+      for i in range(k):
+        state["tau"], state["opt"], m = step_fn(
+            state["tau"], state["opt"], jnp.float32(i), idx, hp)
+      jax.block_until_ready(m)
+    fns[s] = run
+  t = race(fns, rounds=5, seconds=0.3)
+  return dict(label=label, search_s=res["search_seconds"], wall_s=wall,
+              grid=n_grid, steps=pc.steps, k=res["k"], reached=res["reached"],
+              n_nodes=sum(s.width for s in sites), sweep_1_ms=1e3 * t[1],
+              sweep_n_ms=1e3 * t[n_settings], n_settings=n_settings,
+              sweep_ratio=t[n_settings] / t[1])
+
+
+def format_prune(r) -> str:
+  return "\n".join([
+      f"prune, {r['label']}: mask training ({r['steps']} steps x "
+      f"{r['grid']} settings, vectorised) + k search "
+      f"{r['search_s']:.1f} s; whole prune_task {r['wall_s']:.1f} s; circuit "
+      f"k={r['k']} of {r['n_nodes']} nodes"
+      f"{'' if r['reached'] else ' (target loss not reached)'}",
+      f"prune sweep: one step of {r['n_settings']} settings in one vmapped "
+      f"program {r['sweep_n_ms']:.1f} ms vs 1 setting {r['sweep_1_ms']:.1f} "
+      f"ms: {r['sweep_ratio']:.2f}x the time for {r['n_settings']}x the "
+      f"settings (target <= 2x)"])
+
+
+# ------------------------------------------------------------------ entry
+
+
+def run(config, workdir=None, *, with_torch=False, topk=False,
+        prune_too=True):
+  """`--mode=bench`: the train figures and the prune line, printed."""
+  import os  # pylint: disable=g-import-not-at-top
+  if workdir and not os.path.isdir(workdir):
+    workdir = None
+  r = train_bench(config, workdir, with_torch=with_torch)
+  print(format_train(config, r), flush=True)
+  out = {"train": r}
+  if topk:
+    rows = topk_bench(config)
+    print(format_topk(rows), flush=True)
+    out["topk"] = rows
+  if prune_too:
+    p = prune_bench(config, workdir)
+    print(format_prune(p), flush=True)
+    out["prune"] = p
+  return out
+
+
+def main():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  cfg_flag = config_flags.DEFINE_config_file("config", "configs/tiny.py",
+                                             "ml_collections config file.")
+  torch_flag = flags.DEFINE_bool("torch", False, "Also time bench_torch's "
+                                 "PyTorch step in the same rounds.")
+  topk_flag = flags.DEFINE_bool("topk", False, "Compare top-k methods.")
+  prune_flag = flags.DEFINE_bool("prune", True, "Time pruning one task.")
+  workdir_flag = flags.DEFINE_string(
+      "workdir", None, "A run's workdir: its data feeds the pipeline figure "
+      "and its checkpoint the prune figure (default: a small fresh corpus, a "
+      "random model).")
+
+  def _main(argv):
+    del argv
+    run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
+        topk=topk_flag.value, prune_too=prune_flag.value)
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
