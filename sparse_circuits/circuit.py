@@ -9,6 +9,8 @@ of the same index in any later read site (weighted by that read's norm scale).
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import model as model_lib
@@ -113,8 +115,6 @@ def _trim(tokens, eot):
 
 
 def _capture(params, cfg, tokens, names):
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   _, acts = jax.jit(lambda t: model_lib.forward(params, t, cfg,
                                                 capture=names))(
                                                     jnp.asarray(tokens))

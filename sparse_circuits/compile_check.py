@@ -105,23 +105,14 @@ def _compile(name, jitted, *abstract_args):
                 float((cost or {}).get("flops", float("nan"))), seconds)
 
 
-def _with_sharding(tree, shardings):
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      tree, shardings)
-
-
 def train_step_report(setup) -> Report:
   config = setup.config
-  abstract_opt = _with_sharding(
-      jax.eval_shape(setup.tx.init, setup.abstract_params),
-      setup.opt_shardings)
   rep = sharding.replicated(setup.mesh)
   batch = jax.ShapeDtypeStruct(
       (config.train.batch_size, config.model.block_size + 1), jnp.int32,
       sharding=sharding.batch_sharding(setup.mesh))
   return _compile("train step", train.make_train_step(setup),
-                  setup.abstract_params, abstract_opt,
+                  setup.abstract_params, setup.abstract_opt_state,
                   jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), batch)
 
 
@@ -191,7 +182,7 @@ def check(config) -> list[Report]:
     raise CompileCheckError(
         "; ".join(f"{r.name} needs {r.per_device_bytes / GB:.2f} GB per "
                   f"device" for r in over) +
-        f", over the limit of {limit / GB:.2f} GB "
+        f", over the limit of {limit / GB:.3g} GB "
         "(distributed.device_memory_gb): shard more (mesh.shape fsdp/"
         "tensor), lower train.batch_size, or use bfloat16 compute")
   return reports

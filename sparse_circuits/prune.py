@@ -9,10 +9,8 @@ mask parameters) instead of the authors' hundreds of sequential runs.
 """
 
 import dataclasses
-import functools
 import itertools
 import json
-import math
 import os
 import time
 

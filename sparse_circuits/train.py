@@ -36,7 +36,8 @@ class Setup:
   tx: optax.GradientTransformation
   lr_fn: Callable
   mesh: Any
-  abstract_params: Any
+  abstract_params: Any     # ShapeDtypeStructs carrying their shardings
+  abstract_opt_state: Any  # the same for the optimizer state
   param_shardings: Any
   opt_shardings: Any
 
@@ -58,16 +59,22 @@ def make_setup(config, devices=None) -> Setup:
   tx, lr_fn = optim.make_optimizer(config, abstract, plan)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = [tuple(r) for r in config.mesh.rules]
+  abstract_opt = jax.eval_shape(tx.init, abstract)
   p_sh = sharding.tree_shardings(abstract, mesh, rules)
-  o_sh = sharding.tree_shardings(jax.eval_shape(tx.init, abstract), mesh, rules)
+  o_sh = sharding.tree_shardings(abstract_opt, mesh, rules)
   n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
   if config.train.batch_size % n_batch:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is "
                      f"not divisible by the mesh's batch axes ({n_batch})")
-  abstract = jax.tree.map(
+  return Setup(config, cfg, plan, tx, lr_fn, mesh,
+               _with_shardings(abstract, p_sh),
+               _with_shardings(abstract_opt, o_sh), p_sh, o_sh)
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-      abstract, p_sh)
-  return Setup(config, cfg, plan, tx, lr_fn, mesh, abstract, p_sh, o_sh)
+      tree, shardings)
 
 
 def init_state(setup: Setup, seed: int):
@@ -102,7 +109,8 @@ def make_train_step(setup: Setup):
         params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))
+                             for g in jax.tree.leaves(grads)))
     metrics = dict(loss=loss, grad_norm=grad_norm,
                    lr=setup.lr_fn(step), dead_neurons=dead)
     if plan is not None:
@@ -164,22 +172,18 @@ def _host_metrics(step, m):
   return row
 
 
-def _restore_or_init(setup, config, workdir, mngr, it):
+def _restore_or_init(setup, config, mngr, it):
   """(params, opt_state, start_step): latest here, else init_from, else new."""
   step = mngr.latest_step()
-  abstract_opt = jax.tree.map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-      jax.eval_shape(setup.tx.init, setup.abstract_params), setup.opt_shardings)
   if step is not None:
     params, opt_state, meta = checkpoints.restore(
-        mngr, step, setup.abstract_params, abstract_opt, it)
+        mngr, step, setup.abstract_params, setup.abstract_opt_state, it)
     return params, opt_state, int(meta["step"])
-  params, opt_state = init_state(setup, config.seed)
-  if config.train.init_from:
-    params, _ = checkpoints.restore_params(config.train.init_from,
-                                           setup.abstract_params)
-    opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(
-        params)
+  if not config.train.init_from:
+    return (*init_state(setup, config.seed), 0)
+  params, _ = checkpoints.restore_params(config.train.init_from,
+                                         setup.abstract_params)
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
   return params, opt_state, 0
 
 
@@ -194,7 +198,7 @@ def run(config, workdir: str):
                   data.eval_batches(config, info, config.train.eval_batches)]
   t = config.train
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
-  params, opt_state, start = _restore_or_init(setup, config, workdir, mngr, it)
+  params, opt_state, start = _restore_or_init(setup, config, mngr, it)
   log = MetricsLog(workdir, start)
   train_step, eval_step = make_train_step(setup), make_eval_step(setup)
   tokens_per_step = t.batch_size * config.model.block_size
@@ -204,7 +208,7 @@ def run(config, workdir: str):
   tick = time.perf_counter()
 
   def flush():
-    nonlocal pending, last_good, tick, row
+    nonlocal pending, tick, row
     if pending is None:
       return
     step, m, ev = pending

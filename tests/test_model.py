@@ -99,7 +99,6 @@ def test_sink_with_very_negative_logit_is_no_sink():
   params = _trained_like(M.init_params(cfg, 0))
   for i in range(cfg.n_layer):
     params[f"h_{i}"]["attn"]["sink_logit"] = jnp.full((2,), -1e9)
-  plain = dict(params)
   plain = jax.tree.map(lambda x: x, params)
   for i in range(cfg.n_layer):
     del plain[f"h_{i}"]["attn"]["sink_logit"]
