@@ -34,11 +34,12 @@ in one program vs 1). `--torch` times `bench_torch`, the same step in plain
 PyTorch, in the same rounds.
 """
 
+import atexit
 import math
+import shutil
 import statistics
 import tempfile
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +140,7 @@ def _pipeline(config, workdir):
   config = config.copy_and_resolve_references()
   if workdir is None:
     workdir = tempfile.mkdtemp(prefix="sparse_circuits_bench_")
+    atexit.register(shutil.rmtree, workdir, True)
     config.data.max_corpus_bytes = 2_500_000
     config.data.tokenizer_max_bytes = 2_500_000
   info = data.prepare(config, workdir)

@@ -61,7 +61,8 @@ def maybe_initialize(flag: bool = False) -> bool:
     jax.distributed.initialize(**kwargs)
   except (ValueError, RuntimeError) as e:
     raise RuntimeError(
-        f"jax.distributed.initialize() failed: {e}. Run under a launcher JAX "
+        f"jax.distributed.initialize() failed: {str(e).rstrip('.')}. Run "
+        "under a launcher JAX "
         "detects (Cloud TPU, GKE, SLURM, Open MPI) or set "
         f"{', '.join(_EXPLICIT)} on every process"
         + (f" (missing: {', '.join(missing)})" if missing else "")) from e
