@@ -482,6 +482,8 @@ def main():
 
   def _main(argv):
     del argv
+    from sparse_circuits import hostmem  # pylint: disable=g-import-not-at-top
+    hostmem.keep_freed_memory()
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
         topk=topk_flag.value, prune_too=prune_flag.value)
   app.run(_main)

@@ -244,9 +244,18 @@ def forward(params: Mapping[str, Any], tokens_BxL, cfg: ModelConfig,
   return logits, sites.acts
 
 
+def token_nll(logits_BxLxV, targets_BxL):
+  """Cross-entropy of each position: logsumexp - the target's logit. The
+  target logit is picked with a comparison, not a gather, so the backward is
+  one fused elementwise pass instead of a scatter into a [B, L, V] zero
+  buffer (measured ~10% of the tiny CPU step)."""
+  v = jax.lax.broadcasted_iota(jnp.int32, logits_BxLxV.shape, 2)
+  picked = jnp.sum(jnp.where(v == targets_BxL[..., None], logits_BxLxV, 0.0),
+                   axis=-1)
+  return jax.nn.logsumexp(logits_BxLxV, axis=-1) - picked
+
+
 def lm_loss(params, batch_BxL1, cfg: ModelConfig):
   """Mean next-token cross-entropy of a [B, L+1] window batch."""
   logits, _ = forward(params, batch_BxL1[:, :-1], cfg)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, batch_BxL1[:, 1:, None], axis=-1)
-  return jnp.mean(nll)
+  return jnp.mean(token_nll(logits, batch_BxL1[:, 1:]))

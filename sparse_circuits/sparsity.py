@@ -136,33 +136,63 @@ def _protect_mask(score, axis: int, n: int):
   return jnp.moveaxis(m, -1, axis)
 
 
+def _counter(n: int):
+  """Counts True along the last axis. A float32 sum is exact below 2**24
+  and measured 1.3-1.5x faster than an int32 one on CPU; larger rows (a
+  flattened big matrix) count in int32."""
+  if n < 2 ** 24:
+    return lambda b: jnp.sum(b.astype(jnp.float32), axis=-1,
+                             keepdims=True).astype(jnp.int32)
+  return lambda b: jnp.sum(b, axis=-1, keepdims=True, dtype=jnp.int32)
+
+
 def topk_mask(score, k):
   """True at exactly k entries of each row (last axis) of score >= 0: the
   largest, ties going to the lower index (lax.top_k's order). k may be traced
   and may differ per row (shape broadcastable to score.shape[:-1] + (1,)).
 
-  A 32-step bisection on the float bit pattern (monotonic for x >= 0) finds
-  each row's k-th largest value; then a cumulative count keeps just enough of
-  the entries equal to it. Measured on CPU: 4x faster than lax.top_k + scatter
-  on a flattened matrix, 2.4x on activation rows (`python -m
-  sparse_circuits.bench --topk`).
+  A 31-step bisection on the float bit pattern (monotonic for x >= 0),
+  between 0 and the row's maximum, finds each row's k-th largest value t.
+  Entries equal to t are kept as they are unless some row has more of them
+  than it needs (rare for t > 0 in float32); only then a second bisection,
+  over the flat index, keeps the first ones. Both are plain reductions, so a
+  row sharded across devices costs no more than one on a single device (a
+  cumulative sum here partitioned quadratically, and XLA:CPU lowers it to a
+  quadratic reduce-window even on one device). Measured on CPU: 4x faster
+  than lax.top_k + scatter on a flattened matrix and 2.4x on activation
+  rows (`python -m sparse_circuits.bench --topk`).
   """
   bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
   k = jnp.asarray(k, jnp.int32)
+  n = score.shape[-1]
+  count = _counter(n)
 
   def body(_, lohi):  # invariant: count(>= lo) >= k > count(>= hi)
     lo, hi = lohi
     mid = lo + (hi - lo) // 2
-    ok = jnp.sum(bits >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+    ok = count(bits >= mid) >= k
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-  shape = score.shape[:-1] + (1,)
-  lo, _ = jax.lax.fori_loop(
-      0, 32, body, (jnp.zeros(shape, jnp.int32),
-                    jnp.full(shape, 0x7F800001, jnp.int32)))
+  top = jnp.minimum(jnp.max(bits, axis=-1, keepdims=True), 0x7F800000)
+  lo, _ = jax.lax.fori_loop(0, 31, body, (jnp.zeros_like(top), top + 1))
   gt, eq = bits > lo, bits == lo
-  need = k - jnp.sum(gt, axis=-1, keepdims=True, dtype=jnp.int32)
-  return gt | (eq & (jnp.cumsum(eq, axis=-1, dtype=jnp.int32) <= need))
+  need = k - count(gt)
+
+  def first_ties(_):  # the smallest c with count(eq & index < c) >= need
+    iota = jax.lax.broadcasted_iota(jnp.int32, bits.shape, bits.ndim - 1)
+
+    def search(_, lh):
+      l, h = lh
+      mid = (l + h) // 2
+      ok = count(eq & (iota < mid)) >= need
+      return jnp.where(ok, l, mid), jnp.where(ok, mid, h)
+
+    _, c = jax.lax.fori_loop(0, n.bit_length(), search,
+                             (jnp.zeros_like(lo), jnp.full_like(lo, n)))
+    return gt | (eq & (iota < c))
+
+  return jax.lax.cond(jnp.any(count(eq) > need), first_ties,
+                      lambda _: gt | eq, None)
 
 
 def matrix_mask(w, k, protect_axis=None, n_protect=4):

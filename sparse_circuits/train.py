@@ -99,8 +99,7 @@ def make_train_step(setup: Setup):
   def loss_fn(params, batch):
     logits, acts = model_lib.forward(params, batch[:, :-1], cfg,
                                      capture=_post_act_sites(cfg))
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    loss = -jnp.mean(jnp.take_along_axis(logp, batch[:, 1:, None], -1))
+    loss = jnp.mean(model_lib.token_nll(logits, batch[:, 1:]))
     dead = sum(jnp.sum(jnp.all(a == 0, axis=(0, 1))) for a in acts.values())
     return loss, dead
 

@@ -4,6 +4,9 @@ import pytest
 
 from sparse_circuits import config_lib
 from sparse_circuits import data
+from sparse_circuits import hostmem
+
+hostmem.keep_freed_memory()  # as the entry points do: fewer page faults
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,10 @@
 """Exact top-k masks, protection, plans and schedules."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +76,32 @@ def test_make_plan_rejects_too_few_for_four_per_neuron():
   plan = S.make_plan(abstract, S.Schedule(100, 1.0, 4.0))
   (m,) = plan.matrices
   assert m.k_final == 64 * 256 // 16 and m.protect_axis == 0
+
+
+SHARDED_TOPK = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from sparse_circuits import sparsity as S
+    rng = np.random.default_rng(0)
+    w = np.round(rng.normal(size=(64, 96)) * 2) / 2   # many exact ties
+    want = np.asarray(S.matrix_mask(jnp.asarray(w, jnp.float32), 700,
+                                    protect_axis=0))
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+    for spec in (P("a", "b"), P("a", None), P(None, "b")):
+      ws = jax.device_put(jnp.asarray(w, jnp.float32),
+                          NamedSharding(mesh, spec))
+      got = jax.jit(lambda w: S.matrix_mask(w, 700, protect_axis=0))(ws)
+      np.testing.assert_array_equal(np.asarray(got), want)
+    assert want.sum() == 700
+    print("OK")
+    """)
+
+
+def test_topk_mask_on_a_sharded_matrix_matches_one_device():
+  """Row- and column-sharded matrices with ties give the same exact mask."""
+  r = subprocess.run([sys.executable, "-c", SHARDED_TOPK],
+                     cwd=os.path.dirname(os.path.dirname(__file__)),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
