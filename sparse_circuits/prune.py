@@ -113,12 +113,17 @@ def _mask_tx(pc):
 
 
 def make_train_fn(params, cfg, means, pc, data):
-  """A jitted step over a stack of settings: (tau, opt, step, idx, hp) -> ..."""
-  tx = _mask_tx(pc)
-  tokens, target, alt = (jnp.asarray(data.tokens), jnp.asarray(data.target),
-                         jnp.asarray(data.alternative))
+  """A jitted step over a stack of settings: (tau, opt, step, idx, hp) -> ...
 
-  def loss_fn(tau, temperature, k_coef, idx):
+  The model, means and task arrays are arguments of the jitted program, not
+  constants closed over: as constants XLA constant-folds the unmasked part
+  of the forward pass at compile time (seconds per compile)."""
+  tx = _mask_tx(pc)
+  consts = (params, means, jnp.asarray(data.tokens), jnp.asarray(data.target),
+            jnp.asarray(data.alternative))
+
+  def loss_fn(tau, temperature, k_coef, idx, consts):
+    params, means, tokens, target, alt = consts
     masks = {s: hard_step(t, temperature) for s, t in tau.items()}
     d = logit_diff(params, cfg, tokens[idx], target[idx], alt[idx], masks,
                    means)
@@ -126,9 +131,9 @@ def make_train_fn(params, cfg, means, pc, data):
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + k_coef * n_on, (task, n_on)
 
-  def one(tau, opt_state, step, idx, hp):
+  def one(tau, opt_state, step, idx, hp, consts):
     (_, (task, n_on)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        tau, hp["temperature"], hp["k_coef"], idx)
+        tau, hp["temperature"], hp["k_coef"], idx, consts)
     u, opt_state = tx.update(g, opt_state)
     lr = hp["lr"] * (1.0 - step / pc.steps)
     tau = jax.tree.map(
@@ -136,8 +141,9 @@ def make_train_fn(params, cfg, means, pc, data):
         tau, u)
     return tau, opt_state, {"task_loss": task, "nodes": n_on}
 
-  step_fn = jax.vmap(one, in_axes=(0, 0, None, None, 0))
-  return jax.jit(step_fn), jax.vmap(tx.init)
+  step_fn = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, None)))
+  return (lambda tau, opt_state, step, idx, hp:
+          step_fn(tau, opt_state, step, idx, hp, consts)), jax.vmap(tx.init)
 
 
 def train_masks(params, cfg, means, pc, data, settings, sites, progress=True):
@@ -181,17 +187,18 @@ class Evaluator:
 
   def __init__(self, params, cfg, means, data, sites, calibrate):
     self.sites, self.calibrate = sites, calibrate
-    tokens, target, alt = (jnp.asarray(data.tokens), jnp.asarray(data.target),
-                           jnp.asarray(data.alternative))
-    sign = jnp.where(target < alt, 1.0, -1.0)
+    consts = (params, means, jnp.asarray(data.tokens),
+              jnp.asarray(data.target), jnp.asarray(data.alternative))
 
     @jax.jit
-    def losses(masks):
+    def losses(masks, consts):  # arguments, not constants: see make_train_fn
+      params, means, tokens, target, alt = consts
       d = logit_diff(params, cfg, tokens, target, alt, masks, means)
       raw = jnp.mean(jax.nn.softplus(-d))
+      sign = jnp.where(target < alt, 1.0, -1.0)
       return raw, (_calibrated_loss(d, sign) if calibrate else raw)
 
-    self._losses = losses
+    self._losses = lambda masks: losses(masks, consts)
 
   def masks_from_keep(self, keep):
     return {s.name: jnp.asarray(keep[s.name], jnp.float32) for s in self.sites}
