@@ -161,7 +161,7 @@ def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
     plan, step = on.setup.plan, on.step
     project = jax.jit(lambda p: sparsity.project(p, plan, step))
 
-    def run_project(k):
+    def run_project(k):  # reads on.params at each call: the step donates it
       out = None
       for _ in range(k):
         out = project(on.params)
@@ -240,20 +240,12 @@ def format_train(config, r) -> str:
 # ------------------------------------------------------------------ top-k
 
 
-def _lax_topk_mask(score, k):
-  _, idx = jax.lax.top_k(score, k)
-  return jnp.put_along_axis(jnp.zeros(score.shape, jnp.bool_), idx, True,
-                            axis=-1, inplace=False)
-
-
 def _approx_topk_mask(score, k):
-  _, idx = jax.lax.approx_max_k(score, k)
-  return jnp.put_along_axis(jnp.zeros(score.shape, jnp.bool_), idx, True,
-                            axis=-1, inplace=False)
+  return sparsity.mask_at(jax.lax.approx_max_k(score, k)[1], score.shape)
 
 
 METHODS = {"bisection (topk_mask)": sparsity.topk_mask,
-           "lax.top_k + scatter": _lax_topk_mask,
+           "lax.top_k + scatter": sparsity.lax_topk_mask,
            "approx_max_k + scatter": _approx_topk_mask}
 
 

@@ -127,13 +127,21 @@ def make_plan(abstract_params, schedule: Schedule,
   return Plan(tuple(mats), schedule, min_per_neuron)
 
 
+def mask_at(idx, shape):
+  """A bool array of `shape`, True at `idx` along the last axis."""
+  return jnp.put_along_axis(jnp.zeros(shape, jnp.bool_), idx, True, axis=-1,
+                            inplace=False)
+
+
+def lax_topk_mask(score, k: int):
+  """`topk_mask` by `lax.top_k` + scatter (static k only; same ties)."""
+  return mask_at(jax.lax.top_k(score, k)[1], score.shape)
+
+
 def _protect_mask(score, axis: int, n: int):
   """True at the top-n |w| of every vector along `axis`."""
   s = jnp.moveaxis(score, axis, -1)
-  _, idx = jax.lax.top_k(s, min(n, s.shape[-1]))
-  m = jnp.put_along_axis(jnp.zeros(s.shape, jnp.bool_), idx, True, axis=-1,
-                         inplace=False)
-  return jnp.moveaxis(m, -1, axis)
+  return jnp.moveaxis(lax_topk_mask(s, min(n, s.shape[-1])), -1, axis)
 
 
 def _counter(n: int):
