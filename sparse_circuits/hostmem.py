@@ -2,12 +2,13 @@
 
 XLA:CPU allocates its temporary buffers afresh on every execution. glibc
 gives large blocks from mmap or from per-thread arenas and hands them back
-to the kernel on free, so every train step page-faults its ~300 MB of
-temporaries in again: on the tiny config that was 73k page faults and
-~200 ms of kernel time per step. One arena, no mmap and no trimming keep
-the pages mapped between steps: the tiny CPU step went from 472-519 ms to
-370-390 ms (`python -m sparse_circuits.bench`, measured in alternation on
-2 cores). The cost is that the resident size stays at its peak.
+to the kernel on free, so every train step page-faults its temporaries in
+again. One arena, no mmap and no trimming keep the pages mapped between
+steps: `python -m sparse_circuits.bench --config=configs/tiny.py --noprune`
+on 2 cores, twice each way in alternation, gave a 324-339 ms step against
+506-507 ms with SPARSE_CIRCUITS_MALLOC=default, and 0.38-0.43M page faults
+for the whole run against 2.5-2.8M (`/usr/bin/time`). The cost is that the
+resident size stays at its peak.
 
 Call `keep_freed_memory()` before JAX starts its threads (the entry points
 do); set SPARSE_CIRCUITS_MALLOC=default to leave glibc as it is.
