@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import model as model_lib
+from sparse_circuits import runs
 from sparse_circuits import sharding
 from sparse_circuits import sparsity
 from sparse_circuits import train
@@ -344,7 +345,7 @@ def _prune_inputs(config, workdir):
     run_cfg = checkpoints.load_config(workdir)
     with run_cfg.unlocked():
       run_cfg.prune, run_cfg.tasks = config.prune, config.tasks
-    cfg = train.model_config(run_cfg)
+    cfg = runs.model_config(run_cfg)
     params, step = checkpoints.restore_params(
         workdir, train.make_setup(run_cfg, jax.devices()[:1]).abstract_params)
     info = data.prepare(run_cfg, workdir)
@@ -355,7 +356,7 @@ def _prune_inputs(config, workdir):
     label = f"{name} on {workdir} (step {step})"
     config = run_cfg
   else:
-    cfg = train.model_config(config)
+    cfg = runs.model_config(config)
     params = model_lib.init_params(cfg, config.seed)
     plan = train.make_setup(config, jax.devices()[:1]).plan
     if plan is not None:

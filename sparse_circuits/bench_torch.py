@@ -1,7 +1,7 @@
 """The same train step in plain PyTorch, for the CPU comparison of `bench`.
 
 A straightforward eager implementation of what `train.make_train_step` does,
-written the way the authors' trainer does it: the model of DESIGN §3 with
+written the way the authors' trainer does it: the model of method.md §1 with
 AbsTopK at all eight sites through `torch.topk` + scatter, the bigram table,
 cross-entropy, gradients normalised to RMS 1, Adam (eps 0.1), then each
 sparsified matrix cut to its k largest magnitudes through `torch.topk` on

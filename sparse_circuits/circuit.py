@@ -1,6 +1,6 @@
 """Circuits as graphs: node sites, edges from the sparse weights, circuit.json.
 
-Nodes (DESIGN §6): residual read channels (`attn.act_in`, `mlp.act_in`),
+Nodes (method.md §5): residual read channels (`attn.act_in`, `mlp.act_in`),
 q/k/v channels, MLP neurons (`mlp.post_act`) and residual write channels
 (`attn.resid_delta`, `mlp.resid_delta`). Edges are the nonzero weights between
 two kept nodes, plus residual edges from a write channel to the read channel
@@ -14,13 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import model as model_lib
+from sparse_circuits import sites as sites_lib
 
 SCHEMA_VERSION = 1
-# (site suffix, node kind)
-NODE_SITES = (("attn.act_in", "resid_read"), ("attn.q", "q"), ("attn.k", "k"),
-              ("attn.v", "v"), ("attn.resid_delta", "resid_write"),
-              ("mlp.act_in", "resid_read"), ("mlp.post_act", "mlp_neuron"),
-              ("mlp.resid_delta", "resid_write"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +35,7 @@ def node_sites(cfg: model_lib.ModelConfig) -> list[Site]:
             "k": hd, "v": hd, "mlp_neuron": cfg.d_mlp}
   out = []
   for layer in range(cfg.n_layer):
-    for suffix, kind in NODE_SITES:
+    for suffix, kind in sites_lib.NODE_KINDS.items():
       out.append(Site(f"{layer}.{suffix}", layer, kind, widths[kind],
                       len(out)))
   return out

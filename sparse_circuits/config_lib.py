@@ -6,8 +6,7 @@ The configs/*.py files are thin: they call `base_config(size)` and override.
 
 import ml_collections
 
-ALL_AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out",
-                   "mlp_in", "mlp_neuron", "mlp_out")
+from sparse_circuits import sites
 
 SIZES = {
     # name: (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch,
@@ -40,7 +39,7 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.block_size = block_size
   c.model.vocab_size = 2048
   c.model.afrac = 0.0 if dense else 0.25  # 0 disables activation sparsity
-  c.model.afrac_sites = ALL_AFRAC_SITES
+  c.model.afrac_sites = sites.AFRAC_NAMES
   c.model.sink = False
   c.model.bigram_table = True
   c.model.pos_emb = True
@@ -172,9 +171,9 @@ def validate(c) -> None:
              f"must be a positive integer, got {m[f]!r}")
   _require(0.0 <= m.afrac <= 1.0, "model.afrac",
            f"must be in [0, 1] (0 = off), got {m.afrac}")
-  bad = set(m.afrac_sites) - set(ALL_AFRAC_SITES)
+  bad = set(m.afrac_sites) - set(sites.AFRAC_NAMES)
   _require(not bad, "model.afrac_sites",
-           f"unknown {sorted(bad)}; known {ALL_AFRAC_SITES}")
+           f"unknown {sorted(bad)}; known {sites.AFRAC_NAMES}")
   if m.afrac > 0:
     smallest = min(m.d_model, m.d_mlp, m.n_head * m.d_head)
     _require(int(m.afrac * smallest) >= 1, "model.afrac",

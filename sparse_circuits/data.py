@@ -38,7 +38,10 @@ import tensorstore as ts
 import tqdm
 
 from sparse_circuits import corpus as corpus_lib
+from sparse_circuits import reporting
 from sparse_circuits import tokenizer as tokenizer_lib
+
+_log = reporting.get(__name__)
 
 _FORMAT = 1           # bump when the shard layout changes
 _CHUNK = 1 << 20      # tokens per zarr chunk and per write
@@ -249,7 +252,7 @@ def run(config, workdir) -> DataInfo:
   (epath.Path(workdir) / "data_summary.json").write_text(
       json.dumps(s, indent=1))
   skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
-  print(f"data: {s['files']} files ({s['heldout_files']} held out), "
+  _log.info(f"data: {s['files']} files ({s['heldout_files']} held out), "
         f"{s['bytes'] / 1e6:.1f} MB -> {s['tokens'] / 1e6:.2f}M tokens "
         f"({s['bytes_per_token']:.2f} bytes/token); skipped: {skipped}; "
         f"{s['decoded_with_replacement']} decoded with replacement; "
@@ -363,13 +366,3 @@ def eval_batches(config, info: DataInfo, num_batches: int) -> list[np.ndarray]:
   windows = tokens[:n * length].reshape(n, length).astype(np.int32)
   order = np.arange(num_batches * batch) % n
   return list(windows[order].reshape(num_batches, batch, length))
-
-
-def heldout_texts(config, info: DataInfo, n: int) -> list[str]:
-  """The first n held-out documents, decoded back from the shard."""
-  del config  # the shard and the tokenizer say it all
-  tok = tokenizer_lib.load(info.tokenizer_dir)
-  tokens = _read_all(info.eval_path)
-  ends = np.flatnonzero(tokens == tok.eot_id)[:n]
-  starts = np.concatenate([[0], ends[:-1] + 1])
-  return [tok.decode(tokens[a:b]) for a, b in zip(starts, ends)]

@@ -1,4 +1,4 @@
-"""Multi-host runs through JAX's multi-controller runtime (DESIGN §9).
+"""Multi-host runs through JAX's multi-controller runtime (method.md §7).
 
 Every host runs the same command; `maybe_initialize` connects them when the
 launcher asks for it, before anything touches a JAX backend:
@@ -24,7 +24,10 @@ import os
 import jax
 import numpy as np
 
+from sparse_circuits import reporting
 from sparse_circuits import sharding
+
+_log = reporting.get(__name__)
 
 ENV_FLAG = "SPARSE_CIRCUITS_DISTRIBUTED"
 _EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -67,7 +70,7 @@ def maybe_initialize(flag: bool = False) -> bool:
         f"{', '.join(_EXPLICIT)} on every process"
         + (f" (missing: {', '.join(missing)})" if missing else "")) from e
   if jax.process_index() == 0:
-    print(f"distributed: {jax.process_count()} processes, "
+    _log.info(f"distributed: {jax.process_count()} processes, "
           f"{jax.device_count()} devices ({jax.local_device_count()} per "
           f"process, {jax.devices()[0].platform})", flush=True)
   return True

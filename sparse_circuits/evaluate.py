@@ -1,10 +1,10 @@
 """`--mode=eval`: held-out LM loss and every task's loss and accuracy.
 
-Restores the parameters of WORKDIR's latest checkpoint. The model's shape,
-the data and the tokenizer come from the config stored in that checkpoint
-(so they always match the parameters); the task settings (`tasks.*`) and the
-number of held-out batches come from the config on the command line.
-Writes WORKDIR/eval_summary.json:
+Restores the parameters of WORKDIR's latest checkpoint (`runs.load`): the
+model's shape, the data and the tokenizer come from the config stored in that
+checkpoint (so they always match the parameters); the task settings
+(`tasks.*`) and the number of held-out batches come from the config on the
+command line. Writes WORKDIR/eval_summary.json:
   {"lm_loss": float, "step": int, "tasks": {name: {"loss", "accuracy", "n"}}}
 """
 
@@ -12,25 +12,15 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 
-from sparse_circuits import checkpoints
 from sparse_circuits import data
+from sparse_circuits import reporting
+from sparse_circuits import runs
 from sparse_circuits import sharding
 from sparse_circuits import tasks as tasks_lib
-from sparse_circuits import tokenizer as tokenizer_lib
-from sparse_circuits import train
 
-
-def eval_config(config, workdir) -> ml_collections.ConfigDict:
-  """The checkpoint's config with this run's `tasks` and `eval_batches`."""
-  stored = checkpoints.load_config(workdir)  # CheckpointError if none
-  merged = ml_collections.ConfigDict(stored.to_dict())
-  with merged.unlocked():
-    merged.tasks = ml_collections.ConfigDict(config.tasks.to_dict())
-    merged.train.eval_batches = config.train.eval_batches
-  return merged
+_log = reporting.get(__name__)
 
 
 def format_table(summary: dict) -> str:
@@ -45,30 +35,26 @@ def format_table(summary: dict) -> str:
   return "\n".join(rows)
 
 
+def lm_loss(run: runs.Run, n_batches: int) -> float:
+  """Mean held-out LM loss of a run over its first n eval batches."""
+  info = data.prepare(run.config, run.workdir, reuse=True)
+  eval_step = runs.lm_eval_step(run.ctx)
+  losses = [eval_step(run.params, sharding.global_batch(b, run.ctx.mesh))
+            for b in data.eval_batches(run.config, info, max(1, n_batches))]
+  return float(np.mean(jax.device_get(losses)))
+
+
 def run(config, workdir: str) -> dict:
   """Evaluates WORKDIR's latest checkpoint; writes WORKDIR/eval_summary.json."""
-  cfg_all = eval_config(config, workdir)
-  setup = train.make_setup(cfg_all)
-  params, step = checkpoints.restore_params(workdir, setup.abstract_params)
-  info = data.prepare(cfg_all, workdir, reuse=True)
-  tok = tokenizer_lib.load(info.tokenizer_dir)
-
-  eval_step = train.make_eval_step(setup)
-  n_batches = max(1, cfg_all.train.eval_batches)
-  batches = [sharding.global_batch(b, setup.mesh)
-             for b in data.eval_batches(cfg_all, info, n_batches)]
-  lm_loss = float(np.mean(jax.device_get(
-      train.evaluate(eval_step, params, batches))))
-
-  results = {}
-  for name, task in tasks_lib.build_all(cfg_all, tok).items():
-    results[name] = tasks_lib.evaluate_task(params, setup.cfg, task.test)
-  summary = {"lm_loss": lm_loss, "step": int(step), "tasks": results}
-
+  r = runs.load(workdir, overlay=config)
+  lm = lm_loss(r, r.config.train.eval_batches)
+  results = {name: tasks_lib.evaluate_task(r.params, r.cfg, task.test)
+             for name, task in r.tasks().items()}
+  summary = {"lm_loss": lm, "step": r.step, "tasks": results}
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval_summary.json")
     with open(path, "w") as f:
       json.dump(summary, f, indent=1)
-    print(f"eval of {checkpoints.ckpt_dir(workdir)} at step {step}: held-out "
-          f"LM loss {lm_loss:.4f}\n{format_table(summary)}\nwrote {path}")
+    _log.info(f"eval of {workdir} at step {r.step}: held-out LM loss {lm:.4f}\n"
+          f"{format_table(summary)}\nwrote {path}")
   return summary

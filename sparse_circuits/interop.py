@@ -1,4 +1,4 @@
-"""The authors' released checkpoint format (DESIGN §8): import and export.
+"""The authors' released checkpoint format (method.md §6): import and export.
 
 `--mode=import --config.interop.path=DIR` reads `DIR/beeg_config.json` and
 `DIR/final_model.pt` (and the tokenizer files `encoder.json` + `vocab.bpe` if
@@ -54,6 +54,10 @@ from absl import logging
 import numpy as np
 
 from sparse_circuits import model as model_lib
+from sparse_circuits import reporting
+from sparse_circuits import sites as sites_lib
+
+_log = reporting.get(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE = "beeg_config.json", "final_model.pt"
 TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
@@ -61,7 +65,7 @@ AUTHORS_EOT, AUTHORS_VOCAB = 2047, 2048
 
 # Their afrac_loctypes name -> our ModelConfig.afrac_sites name. Read off the
 # `maybe_activation_sparsity(x, "<name>")` calls in their gpt.py: identical.
-SITE_MAP = {s: s for s in model_lib.AFRAC_SITES}
+SITE_MAP = {s: s for s in sites_lib.AFRAC_NAMES}
 # Their sites with no counterpart in our model (after each residual add).
 UNSUPPORTED_SITES = ("resid_post_attn", "resid_post_mlp")
 
@@ -147,7 +151,7 @@ def beeg_config_to_model(beeg: Mapping[str, Any]) -> dict:
       raise InteropError(f"beeg_config field {field}={b[field]!r}: {why}")
 
   refuse_unless(b["rms_norm"], "rms_norm",
-                "LayerNorm models are not supported (DESIGN §3 is RMSNorm); "
+                "LayerNorm models are not supported (method.md §1 is RMSNorm); "
                 "note GPTConfig's default is rms_norm=False")
   refuse_unless(b["activation_type"] == "gelu", "activation_type",
                 "only the exact-erf GELU MLP is supported")
@@ -163,7 +167,7 @@ def beeg_config_to_model(beeg: Mapping[str, Any]) -> dict:
   sites = _loctypes(b["afrac_loctypes"])
   afrac = b["afrac"]
   if afrac is None:
-    afrac, ours = 0.0, model_lib.AFRAC_SITES
+    afrac, ours = 0.0, sites_lib.AFRAC_NAMES
   else:
     afrac = float(afrac)
     refuse_unless(0.0 < afrac <= 1.0, "afrac",
@@ -178,7 +182,7 @@ def beeg_config_to_model(beeg: Mapping[str, Any]) -> dict:
       logging.warning("afrac_loctypes entries %s match no site in the "
                       "authors' code (they compare exact strings) and are "
                       "ignored", ignored)
-    ours = tuple(SITE_MAP[s] for s in model_lib.AFRAC_SITES if s in sites)
+    ours = tuple(SITE_MAP[s] for s in sites_lib.AFRAC_NAMES if s in sites)
   return dict(
       n_layer=b["n_layer"], d_model=b["d_model"], n_head=b["n_head"],
       d_head=b["d_head"], d_mlp=b["d_mlp"], block_size=b["block_size"],
@@ -200,8 +204,8 @@ def model_to_beeg_config(model, *, pfrac=None,
                                       "afrac", "afrac_sites", "sink",
                                       "bigram_table")}
   afrac = float(m.get("afrac", 0.0) or 0.0)
-  sites = [s for s in model_lib.AFRAC_SITES
-           if s in tuple(m.get("afrac_sites", model_lib.AFRAC_SITES))]
+  sites = [s for s in sites_lib.AFRAC_NAMES
+           if s in tuple(m.get("afrac_sites", sites_lib.AFRAC_NAMES))]
   inv = {v: k for k, v in SITE_MAP.items()}
   beeg = dict(GPT_DEFAULTS)
   beeg.update(
@@ -264,11 +268,6 @@ def _layout(cfg: model_lib.ModelConfig) -> dict:
   if cfg.bigram_table:
     out["bigram_table"] = (("bigram_table",), (V, V), False)
   return out
-
-
-def state_dict_shapes(cfg: model_lib.ModelConfig) -> dict[str, tuple]:
-  """The exact keys and (torch-layout) shapes of DESIGN §8 for `cfg`."""
-  return {k: shape for k, (_, shape, _) in _layout(cfg).items()}
 
 
 def _check_keys(sd: Mapping[str, Any], cfg, where: str) -> None:
@@ -568,7 +567,7 @@ def import_run(config, workdir: str):
                  "ignored_keys": unknown}, f, indent=1)
   logging.info("imported %s (step %d) into %s", src, step,
                checkpoints.ckpt_dir(workdir))
-  print(f"imported {src} (step {step}): {cfg.n_layer} layers, d_model "
+  _log.info(f"imported {src} (step {step}): {cfg.n_layer} layers, d_model "
         f"{cfg.d_model}, {cfg.n_head}x{cfg.d_head} heads, d_mlp {cfg.d_mlp}, "
         f"afrac {cfg.afrac or 'off'}, sink {cfg.sink}, bigram table "
         f"{cfg.bigram_table} -> {checkpoints.ckpt_dir(workdir)}")
@@ -582,17 +581,12 @@ def export_run(config, workdir: str) -> str:
   the export directory.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   del config  # the checkpoint's config describes its parameters
   _torch()
-  run_cfg = checkpoints.load_config(workdir)
-  cfg = model_lib.ModelConfig.from_config(run_cfg.model)
-  sh = _replicated()
-  abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-      model_lib.abstract_params(cfg))
-  params, step = checkpoints.restore_params(workdir, abstract)
-  sd = params_to_state_dict(jax.device_get(params), cfg)
+  run = runs.load(workdir)
+  run_cfg, cfg, step = run.config, run.cfg, run.step
+  sd = params_to_state_dict(jax.device_get(run.params), cfg)
 
   out = os.path.join(os.path.abspath(workdir), "export")
   tok_src = run_cfg.data.get("tokenizer_dir", "") or os.path.join(
@@ -621,6 +615,6 @@ def export_run(config, workdir: str) -> str:
     if has_tok:
       for f in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(tok_src, f), os.path.join(out, f))
-  print(f"exported step {step} of {workdir} to {out}"
+  _log.info(f"exported step {step} of {workdir} to {out}"
         + (" (with tokenizer)" if has_tok else ""))
   return out

@@ -47,6 +47,8 @@ def main(argv):
   from sparse_circuits import hostmem  # pylint: disable=g-import-not-at-top
   hostmem.keep_freed_memory()  # before XLA's threads allocate
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from sparse_circuits import reporting  # pylint: disable=g-import-not-at-top
+  reporting.to_console()
   from sparse_circuits import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(_DISTRIBUTED.value)  # before any computation
   from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""The authors' GPT (DESIGN §3) as Flax NNX modules, used through a pure forward.
+"""The authors' GPT (paper §2.1, App. A.1) as Flax NNX modules, used through a pure forward.
 
 `forward(params, tokens, cfg, interventions=None, capture=())` returns
 `(logits, acts)`: `params` is a plain nested dict (what the optimizer, the
@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 
-AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in",
-               "mlp_neuron", "mlp_out")
 EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
 
 
@@ -37,7 +36,7 @@ class ModelConfig:
   block_size: int
   vocab_size: int = 2048
   afrac: float = 0.25              # 0 disables activation sparsity
-  afrac_sites: tuple[str, ...] = AFRAC_SITES
+  afrac_sites: tuple[str, ...] = sites_lib.AFRAC_NAMES
   sink: bool = False
   bigram_table: bool = True
   pos_emb: bool = True
@@ -46,17 +45,13 @@ class ModelConfig:
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
     d = dict(model_cfg)
-    d["afrac_sites"] = tuple(d.get("afrac_sites", AFRAC_SITES))
+    d["afrac_sites"] = tuple(d.get("afrac_sites", sites_lib.AFRAC_NAMES))
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
   def site_names(self) -> list[str]:
     """Every activation site in forward order."""
-    per_layer = ("resid_in", "attn.act_in", "attn.q", "attn.k", "attn.v",
-                 "attn.y", "attn.resid_delta", "resid_mid", "mlp.act_in",
-                 "mlp.post_act", "mlp.resid_delta")
-    return [f"{i}.{s}" for i in range(self.n_layer)
-            for s in per_layer] + ["final_resid"]
+    return sites_lib.site_names(self.n_layer)
 
 
 def abs_topk(x, k: int):
@@ -66,6 +61,10 @@ def abs_topk(x, k: int):
     return x
   return jnp.where(sparsity.topk_mask(jnp.abs(x), k), x,
                    jnp.zeros((), x.dtype))
+
+
+# site suffix ("attn.q") -> its activation-sparsity location ("attn_q")
+_AFRAC_AT = {site: loc for loc, site in sites_lib.AFRAC_SITES.items()}
 
 
 class _Sites:
@@ -79,8 +78,9 @@ class _Sites:
       raise ValueError(f"unknown activation site(s) {sorted(unknown)}; "
                        f"known: {cfg.site_names()}")
 
-  def __call__(self, name, x, afrac_site=None):
+  def __call__(self, name, x):
     cfg = self.cfg
+    afrac_site = _AFRAC_AT.get(sites_lib.split(name)[1])
     if afrac_site and cfg.afrac > 0 and afrac_site in cfg.afrac_sites:
       x = abs_topk(x, int(cfg.afrac * x.shape[-1]))
     if name in self.interventions:
@@ -124,9 +124,9 @@ class Attention(nnx.Module):
     H, Dh = cfg.n_head, cfg.d_head
     qkv = self.c_attn(h_BxLxD)
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    q = sites(f"{i}.attn.q", q, "attn_q")
-    k = sites(f"{i}.attn.k", k, "attn_k")
-    v = sites(f"{i}.attn.v", v, "attn_v")
+    q = sites(f"{i}.attn.q", q)
+    k = sites(f"{i}.attn.k", k)
+    v = sites(f"{i}.attn.v", v)
     q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = (
         t.reshape(B, L, H, Dh) for t in (q, k, v))
     att_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh,
@@ -143,7 +143,7 @@ class Attention(nnx.Module):
     y_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL.astype(v.dtype),
                             v_BxLxHxDh)
     y = sites(f"{i}.attn.y", y_BxLxHxDh.reshape(B, L, H * Dh))
-    return sites(f"{i}.attn.resid_delta", self.c_proj(y), "attn_out")
+    return sites(f"{i}.attn.resid_delta", self.c_proj(y))
 
 
 class MLP(nnx.Module):
@@ -155,8 +155,8 @@ class MLP(nnx.Module):
 
   def __call__(self, h_BxLxD, sites, i):
     a_BxLxF = jax.nn.gelu(self.c_fc(h_BxLxD), approximate=False)
-    a_BxLxF = sites(f"{i}.mlp.post_act", a_BxLxF, "mlp_neuron")
-    return sites(f"{i}.mlp.resid_delta", self.c_proj(a_BxLxF), "mlp_out")
+    a_BxLxF = sites(f"{i}.mlp.post_act", a_BxLxF)
+    return sites(f"{i}.mlp.resid_delta", self.c_proj(a_BxLxF))
 
 
 class Block(nnx.Module):
@@ -169,10 +169,10 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxLxD, cfg, sites, i):
     x_BxLxD = sites(f"{i}.resid_in", x_BxLxD)
-    h = sites(f"{i}.attn.act_in", self.ln_1(x_BxLxD), "attn_in")
+    h = sites(f"{i}.attn.act_in", self.ln_1(x_BxLxD))
     x_BxLxD = x_BxLxD + self.attn(h, cfg, sites, i)
     x_BxLxD = sites(f"{i}.resid_mid", x_BxLxD)
-    h = sites(f"{i}.mlp.act_in", self.ln_2(x_BxLxD), "mlp_in")
+    h = sites(f"{i}.mlp.act_in", self.ln_2(x_BxLxD))
     return x_BxLxD + self.mlp(h, sites, i)
 
 

@@ -1,4 +1,4 @@
-"""The authors' optimizer recipe (DESIGN §4) as one optax chain.
+"""The authors' optimizer recipe (method.md §2) as one optax chain.
 
 grad / (RMS(grad) + 1e-5)  ->  Adam(b1, b2, eps=0.1)  ->  -lr_t  ->  top-k
 projection (sparsity.sparsify)  ->  decoupled weight decay p -= wd * lr_t * p

@@ -1,5 +1,5 @@
 """`--mode=prune`: learn node masks on a trained model, find the smallest
-circuit that keeps the task loss at the target, validate it (DESIGN §6).
+circuit that keeps the task loss at the target, validate it (paper §2.2, App. A.5).
 
 A program separate from training: it restores parameters only, never builds
 the training optimizer, and hands the model a pytree of interventions
@@ -22,6 +22,9 @@ from tqdm import tqdm
 
 from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import model as model_lib
+from sparse_circuits import reporting
+
+_log = reporting.get(__name__)
 
 
 # ---------------------------------------------------------------- masks
@@ -289,15 +292,16 @@ def prune_task(params, cfg, means, task, pc, sites, progress=True,
       loss_vs_k=curve, evaluator=test_eval)
 
 
-def random_control(config, cfg, batches, task, pc, sites, setting):
+def random_control(ctx, seed, batches, task, pc, sites, setting):
   """The same pruning (the setting that won on the trained model) on a
-  randomly initialised model of the same shape."""
+  randomly initialised model of the same shape (sparsified to the run's
+  final k when the run is sparse)."""
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
-  rand = model_lib.init_params(cfg, config.seed + 1)
-  setup_plan = train.make_setup(config).plan
-  if setup_plan is not None:
-    rand = sparsity.project(rand, setup_plan, jnp.int32(config.train.num_steps))
+  cfg = ctx.cfg
+  rand = model_lib.init_params(cfg, seed + 1)
+  if ctx.plan is not None:
+    rand = sparsity.project(rand, ctx.plan,
+                            jnp.int32(ctx.plan.schedule.num_steps))
   means = compute_means(rand, cfg, batches, sites)
   res = prune_task(rand, cfg, means, task, pc, sites, progress=False,
                    settings=[Setting(**setting)])
@@ -308,32 +312,16 @@ def random_control(config, cfg, batches, task, pc, sites, setting):
 
 # ---------------------------------------------------------------- the mode
 
-def _merged_config(config, workdir):
-  """The run's own config (model, data) with this invocation's prune/tasks."""
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
-  run_cfg = checkpoints.load_config(workdir)
-  with run_cfg.unlocked():
-    run_cfg.prune = config.prune
-    run_cfg.tasks = config.tasks
-    if config.data.tokenizer_dir:
-      run_cfg.data.tokenizer_dir = config.data.tokenizer_dir
-  return run_cfg
-
 
 def run(config, workdir: str):
   """`--mode=prune`: one circuit.json per task in config.prune.tasks."""
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
-  config = _merged_config(config, workdir)
+  r = runs.load(workdir, overlay=config)
+  config, cfg, params, step, tok = r.config, r.cfg, r.params, r.step, r.tokenizer
   pc = config.prune
-  cfg = train.model_config(config)
-  setup = train.make_setup(config)
-  params, step = checkpoints.restore_params(workdir, setup.abstract_params)
   info = data.prepare(config, workdir, reuse=True)
-  tok = tok_lib.load(info.tokenizer_dir)
   sites = circuit_lib.node_sites(cfg)
   batches = data.eval_batches(config, info, pc.mean_batches)
   means_path = os.path.join(workdir, "prune", f"means_{step}.npz")
@@ -349,7 +337,7 @@ def run(config, workdir: str):
   for name in pc.tasks:
     task = all_tasks[name]
     res = prune_task(params, cfg, means_j, task, pc, sites)
-    control = (random_control(config, cfg, batches, task, pc, sites,
+    control = (random_control(r.ctx, config.seed, batches, task, pc, sites,
                               res["setting"]) if pc.random_control else None)
     doc = circuit_lib.document(
         params, cfg, task, res, means, control, tok,
@@ -357,6 +345,7 @@ def run(config, workdir: str):
         model_info={"workdir": os.path.abspath(workdir), "step": int(step),
                     "config": config.model.to_dict()},
         prune_config=pc.to_dict())
+    doc["tasks_config"] = config.tasks.to_dict()  # to rebuild the same pairs
     out_dir = os.path.join(workdir, "circuits", name)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "circuit.json")
@@ -364,7 +353,7 @@ def run(config, workdir: str):
       json.dump(doc, f, indent=1, default=_json_default)
     paths.append(path)
     L = doc["losses"]
-    print(f"{name}: {doc['counts']['nodes']} nodes, {doc['counts']['edges']} "
+    _log.info(f"{name}: {doc['counts']['nodes']} nodes, {doc['counts']['edges']} "
           f"edges (of {doc['counts']['total_nodes']}); loss full "
           f"{L['full_model']:.3f}, circuit {L['circuit']:.3f} "
           f"(target {pc.target_loss}{'' if res['reached'] else ', NOT reached'}"

@@ -1,4 +1,4 @@
-"""Mesh and parameter sharding (DESIGN §9).
+"""Mesh and parameter sharding (method.md §7).
 
 One code path from one CPU to a pod: a Mesh with axes (data, fsdp, tensor)
 and an ordered table of (path regex -> PartitionSpec); the first match wins.

@@ -1,4 +1,4 @@
-"""Weight sparsity as an optax transformation (DESIGN §4).
+"""Weight sparsity as an optax transformation (method.md §2).
 
 `sparsify(plan)` is the last link of the optimizer chain: it takes the update,
 forms the new parameters, keeps in each sparsified matrix exactly its k
@@ -40,10 +40,8 @@ MATRIX_RULES = (
 
 
 def path_str(path) -> str:
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-  return "/".join(parts)
+  """A parameter's tree path as "h_0/attn/c_attn/kernel" (the rules' form)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Binary next-token tasks on Python code (DESIGN §6), their loss and metrics.
+"""Binary next-token tasks on Python code (method.md §4), their loss and metrics.
 
 A task is a set of pairs of short Python contexts that differ in one decisive
 detail; each prompt has a correct next token and an alternative, and the two

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import regex
 import tiktoken
 
-# DESIGN §5: the authors' pre-tokenisation pattern. A token never crosses a
+# method.md §3: the authors' pre-tokenisation pattern. A token never crosses a
 # pre-token boundary, so every required string must be one pre-token.
 PATTERN = (r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -273,19 +273,3 @@ def train(texts: Iterable[str], out_dir: str, *, vocab_size: int = VOCAB_SIZE,
   for s in required:
     tok.single_token(s)  # raises, naming the pieces, if forcing failed
   return tok
-
-
-def hf_tokenizer(directory: str):
-  """The same files as a `tokenizers.Tokenizer` (reference for tests)."""
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  from tokenizers import decoders, models  # pylint: disable=g-import-not-at-top
-  enc_bytes, merges_bytes = _read(directory)
-  vocab = json.loads(enc_bytes)
-  merges = [tuple(ln.split()) for ln in
-            merges_bytes.decode("utf-8").split("\n")[1:] if ln.strip()]
-  # ignore_merges: a pre-token that is itself in the vocabulary maps straight
-  # to its id, as tiktoken does.
-  hf = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
-  hf.pre_tokenizer = _hf_pre_tokenizer()
-  hf.decoder = decoders.ByteLevel()
-  return hf

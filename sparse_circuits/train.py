@@ -23,58 +23,45 @@ from sparse_circuits import checkpoints
 from sparse_circuits import distributed
 from sparse_circuits import model as model_lib
 from sparse_circuits import optim
+from sparse_circuits import reporting
+from sparse_circuits import runs
 from sparse_circuits import sharding
 from sparse_circuits import sparsity
+
+_log = reporting.get(__name__)
 
 
 @dataclasses.dataclass
 class Setup:
-  """Everything static about a run: shapes, plan, optimizer, mesh, shardings."""
-  config: Any
-  cfg: model_lib.ModelConfig
-  plan: sparsity.Plan | None
+  """The run context (`runs.Context`) plus the optimizer and its state's
+  shapes and shardings."""
+  ctx: runs.Context
   tx: optax.GradientTransformation
   lr_fn: Callable
-  mesh: Any
-  abstract_params: Any     # ShapeDtypeStructs carrying their shardings
-  abstract_opt_state: Any  # the same for the optimizer state
-  param_shardings: Any
+  abstract_opt_state: Any  # ShapeDtypeStructs carrying their shardings
   opt_shardings: Any
 
-
-def model_config(config) -> model_lib.ModelConfig:
-  return model_lib.ModelConfig.from_config(config.model)
+  config = property(lambda self: self.ctx.config)
+  cfg = property(lambda self: self.ctx.cfg)
+  plan = property(lambda self: self.ctx.plan)
+  mesh = property(lambda self: self.ctx.mesh)
+  abstract_params = property(lambda self: self.ctx.abstract_params)
+  param_shardings = property(lambda self: self.ctx.param_shardings)
 
 
 def make_setup(config, devices=None) -> Setup:
-  cfg = model_config(config)
-  abstract = model_lib.abstract_params(cfg)
-  s = config.sparsity
-  plan = None
-  if s.enabled:
-    plan = sparsity.make_plan(
-        abstract, sparsity.Schedule(config.train.num_steps, s.pfrac,
-                                    s.expansion_factor, s.anneal_start,
-                                    s.anneal_end), s.min_per_neuron)
-  tx, lr_fn = optim.make_optimizer(config, abstract, plan)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  rules = [tuple(r) for r in config.mesh.rules]
-  abstract_opt = jax.eval_shape(tx.init, abstract)
-  p_sh = sharding.tree_shardings(abstract, mesh, rules)
-  o_sh = sharding.tree_shardings(abstract_opt, mesh, rules)
-  n_batch = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  ctx = runs.context(config, devices)
+  n_batch = math.prod(ctx.mesh.shape[a] for a in sharding.BATCH_AXES)
   if config.train.batch_size % n_batch:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is "
                      f"not divisible by the mesh's batch axes ({n_batch})")
-  return Setup(config, cfg, plan, tx, lr_fn, mesh,
-               _with_shardings(abstract, p_sh),
-               _with_shardings(abstract_opt, o_sh), p_sh, o_sh)
-
-
-def _with_shardings(tree, shardings):
-  return jax.tree.map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-      tree, shardings)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          ctx.abstract_params)
+  tx, lr_fn = optim.make_optimizer(config, abstract, ctx.plan)
+  abstract_opt = jax.eval_shape(tx.init, abstract)
+  o_sh = sharding.tree_shardings(abstract_opt, ctx.mesh,
+                                 [tuple(r) for r in config.mesh.rules])
+  return Setup(ctx, tx, lr_fn, runs.with_shardings(abstract_opt, o_sh), o_sh)
 
 
 def init_state(setup: Setup, seed: int):
@@ -124,19 +111,6 @@ def make_train_step(setup: Setup):
                     sharding.batch_sharding(setup.mesh)),
       out_shardings=(setup.param_shardings, setup.opt_shardings, rep),
       donate_argnums=(0, 1))
-
-
-def make_eval_step(setup: Setup):
-  return jax.jit(
-      lambda params, batch: model_lib.lm_loss(params, batch, setup.cfg),
-      in_shardings=(setup.param_shardings,
-                    sharding.batch_sharding(setup.mesh)),
-      out_shardings=sharding.replicated(setup.mesh))
-
-
-def evaluate(eval_step, params, global_batches) -> list:
-  """Held-out losses, dispatched asynchronously (device arrays)."""
-  return [eval_step(params, b) for b in global_batches]
 
 
 class MetricsLog:
@@ -199,7 +173,7 @@ def run(config, workdir: str):
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
   params, opt_state, start = _restore_or_init(setup, config, mngr, it)
   log = MetricsLog(workdir, start)
-  train_step, eval_step = make_train_step(setup), make_eval_step(setup)
+  train_step, eval_step = make_train_step(setup), runs.lm_eval_step(setup.ctx)
   tokens_per_step = t.batch_size * config.model.block_size
   pending, last_good, row = None, start, {}
   bar = tqdm(total=t.num_steps, initial=start, desc="train", unit="step",
@@ -239,7 +213,7 @@ def run(config, workdir: str):
     done = step + 1
     ev = None
     if done % t.eval_every == 0 or done == t.num_steps:
-      ev = evaluate(eval_step, params, eval_batches)
+      ev = [eval_step(params, b) for b in eval_batches]  # async
     flush()  # the previous step's metrics, while this step runs
     pending = (done, metrics, ev)
     bar.update(1)
@@ -252,7 +226,7 @@ def run(config, workdir: str):
   mngr.close()
   bar.close()
   if jax.process_index() == 0 and row:
-    print(f"trained to step {t.num_steps}: loss {row['loss']:.4f}"
+    _log.info(f"trained to step {t.num_steps}: loss {row['loss']:.4f}"
           + (f", eval loss {row['eval_loss']:.4f}" if "eval_loss" in row
              else ""))
   return params

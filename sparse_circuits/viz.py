@@ -5,7 +5,7 @@ page data is embedded as JSON and the drawing code (`viz_assets/viewer.js`,
 plain JS writing SVG) and styles (`viz_assets/viewer.css`) are inlined.
 
 - `write_circuit_page(circuit, out_path, metrics)`: one `circuit.json` (the
-  prune program's output, DESIGN §6) drawn from embedding to unembedding, with
+  prune program's output, paper §2.2) drawn from embedding to unembedding, with
   a node panel (token heatmaps, top snippets, ablation effect), an edge-weight
   threshold, the loss-vs-k curve and training curves.
 - `write_run_index(workdir)`: checkpoints, eval table, training curves and
@@ -25,16 +25,16 @@ import os
 import pathlib
 from typing import Any
 
+from sparse_circuits import reporting
+from sparse_circuits import sites as sites_lib
+
+_log = reporting.get(__name__)
+
 _ASSETS = pathlib.Path(__file__).with_name("viz_assets")
 _METRIC_KEYS = ("step", "loss", "eval_loss", "l0_total", "lr")
 _MAX_METRIC_ROWS = 2000  # thinned beyond this: the curves need no more
 _NODE_EXPORT_KEYS = ("id", "site", "layer", "kind", "index", "head", "tau",
                      "mean", "ablation_delta")
-# Site (without the layer) -> node kind, for circuits that omit "kind".
-_KIND = {"attn.act_in": "resid_read", "mlp.act_in": "resid_read",
-         "attn.resid_delta": "resid_write", "mlp.resid_delta": "resid_write",
-         "attn.q": "q", "attn.k": "k", "attn.v": "v",
-         "mlp.post_act": "mlp_neuron"}
 _DOT_FILL = {"resid_read": "#99f6e4", "resid_write": "#ddd6fe", "q": "#fbcfe8",
              "k": "#fde68a", "v": "#d9f99d", "mlp_neuron": "#fed7aa"}
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"  # edge colours, also in viewer.css
@@ -71,7 +71,7 @@ def normalize(circuit: dict) -> dict:
     layer, _, sub = str(n.get("site", "")).partition(".")
     n.setdefault("id", f"{n.get('site')}:{n.get('index')}")
     n.setdefault("layer", int(layer) if layer.isdigit() else 0)
-    n.setdefault("kind", _KIND.get(sub, sub))
+    n.setdefault("kind", sites_lib.kind(sub) or sub)
     if (n.get("head") is None and n["kind"] in ("q", "k", "v") and d_head
         and isinstance(n.get("index"), int)):
       n["head"] = n["index"] // d_head
@@ -325,5 +325,5 @@ def run(config: Any, workdir: str | os.PathLike) -> list[str]:
     written += write_exports(circuit, path.parent)
   written.append(write_run_index(wd))
   for p in written:
-    print(p)
+    _log.info(p)
   return written

@@ -15,6 +15,31 @@ from sparse_circuits import data
 from sparse_circuits import tokenizer as tokenizer_lib
 
 
+def _hf_tokenizer(directory: str):
+  """The same files as a `tokenizers.Tokenizer`: an independent reference."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models  # pylint: disable=g-import-not-at-top
+  enc_bytes, merges_bytes = tokenizer_lib._read(directory)  # pylint: disable=protected-access
+  vocab = json.loads(enc_bytes)
+  merges = [tuple(ln.split()) for ln in
+            merges_bytes.decode("utf-8").split("\n")[1:] if ln.strip()]
+  # ignore_merges: a pre-token that is itself in the vocabulary maps straight
+  # to its id, as tiktoken does.
+  hf = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+  hf.pre_tokenizer = tokenizer_lib._hf_pre_tokenizer()  # pylint: disable=protected-access
+  hf.decoder = decoders.ByteLevel()
+  return hf
+
+
+def _heldout_texts(info, n: int) -> list[str]:
+  """The first n held-out documents, decoded back from the shard."""
+  tok = tokenizer_lib.load(info.tokenizer_dir)
+  tokens = data._read_all(info.eval_path)  # pylint: disable=protected-access
+  ends = np.flatnonzero(tokens == tok.eot_id)[:n]
+  starts = np.concatenate([[0], ends[:-1] + 1])
+  return [tok.decode(tokens[a:b]) for a, b in zip(starts, ends)]
+
+
 def _stdlib_texts():
   return [d.text for d in corpus_lib.Corpus(config_lib.base_config().data)]
 
@@ -119,7 +144,7 @@ def test_roundtrip_200_stdlib_files(tok):
 
 
 def test_tiktoken_matches_tokenizers(tok):
-  hf = tokenizer_lib.hf_tokenizer(tok.path)
+  hf = _hf_tokenizer(tok.path)
   tricky = ["  x\r\n\r\n\t y  ", "caf\xe9 \u00fcber 12345 \u4e2d\u6587",
             "a]]\n]\n  )\n", "if x:\n        return 'a'\n\n\n"]
   sample = tricky + _stdlib_texts()[3::60]
@@ -185,7 +210,7 @@ def test_summary_and_manifest(tiny_data, tmp_path):
 
 def test_heldout_texts_are_heldout_documents(tiny_data):
   config, info = tiny_data
-  texts = data.heldout_texts(config, info, 3)
+  texts = _heldout_texts(info, 3)
   corpus = corpus_lib.Corpus(config.data)
   heldout = [d.text for d in corpus if d.heldout]
   assert len(texts) == 3 and texts == heldout[:3]

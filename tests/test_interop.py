@@ -1,6 +1,6 @@
-"""Interop with the authors' released format (DESIGN §8): import and export.
+"""Interop with the authors' released format (method.md §6): import and export.
 
-The reference forward below is written from DESIGN §3 in plain numpy float64
+The reference forward below is written from method.md §1 in plain numpy float64
 and reads the authors' state dict directly; it shares no code with
 sparse_circuits.model or sparse_circuits.interop.
 """
@@ -21,6 +21,7 @@ from sparse_circuits import checkpoints  # pylint: disable=wrong-import-position
 from sparse_circuits import config_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import interop  # pylint: disable=wrong-import-position
 from sparse_circuits import model as model_lib  # pylint: disable=wrong-import-position
+from sparse_circuits import sites as sites_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 
 ALL8 = "attn_in,attn_out,mlp_in,mlp_out,mlp_neuron,attn_v,attn_k,attn_q"
@@ -53,7 +54,7 @@ def _beeg(**over):
 
 
 def _keys_and_shapes(b):
-  """DESIGN §8, written out independently of sparse_circuits.interop."""
+  """method.md §6, written out independently of sparse_circuits.interop."""
   V, D, H, Dh, F = (b["vocab_size"], b["d_model"], b["n_head"], b["d_head"],
                     b["d_mlp"])
   out = {"transformer.wte.weight": (V, D),
@@ -105,7 +106,7 @@ def _erf_gelu(x):
 
 
 def reference_logits(sd, b, tokens):
-  """DESIGN §3 forward in float64 from the authors' state dict and config."""
+  """method.md §1 forward in float64 from the authors' state dict and config."""
   g = lambda k: np.asarray(sd[k], np.float64)
   V, D, H, Dh = b["vocab_size"], b["d_model"], b["n_head"], b["d_head"]
   eps = float(np.finfo(np.float32).eps)
@@ -358,7 +359,7 @@ def test_beeg_config_defaults_and_unknown_keys():
       rms_norm=True, pfrac=0.01, expansion_factor=4, some_future_key=[1]))
   assert m == dict(n_layer=3, d_model=64, n_head=4, d_head=16, d_mlp=256,
                    block_size=256, vocab_size=2048, afrac=0.0,
-                   afrac_sites=model_lib.AFRAC_SITES, sink=False,
+                   afrac_sites=sites_lib.AFRAC_NAMES, sink=False,
                    bigram_table=False, pos_emb=True)
   m = interop.beeg_config_to_model(dict(
       n_layer=1, n_head=2, d_model=8, rms_norm=True, afrac=0.5, n_mlp=12))

@@ -22,6 +22,7 @@ import pytest
 from sparse_circuits import bench
 from sparse_circuits import config_lib
 from sparse_circuits import data
+from sparse_circuits import runs
 from sparse_circuits import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +187,7 @@ def test_compile_check_fails_over_the_memory_limit():
 def test_model_flops_formula_for_the_paper_model():
   c = config_lib.base_config("paper")
   n_active = 8 * (1024 * 3072 + 1024 * 1024 + 2 * 1024 * 4096) + 1024 * 2048
-  assert bench.param_count(train.model_config(c), matmul_only=True) == n_active
+  assert bench.param_count(runs.model_config(c), matmul_only=True) == n_active
   assert bench.model_flops_per_token(c) == 6 * n_active + 6 * 8 * 256 * 1024
 
 

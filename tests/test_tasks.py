@@ -305,7 +305,7 @@ def _tiny_run_config(tokenizer_dir):
   return c
 
 
-def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, capsys):
+def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, caplog):
   from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   config = _tiny_run_config(tiny_data[1].tokenizer_dir)
@@ -314,7 +314,8 @@ def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, capsys):
     evaluate.run(config, workdir)
   train.run(config, workdir)
   config.tasks.n_test = 4  # eval takes tasks.* from the command line config
-  summary = evaluate.run(config, workdir)
+  with caplog.at_level("INFO", logger="sparse_circuits"):
+    summary = evaluate.run(config, workdir)
   with open(tmp_path / "run" / "eval_summary.json") as f:
     written = json.load(f)
   assert written == summary
@@ -325,5 +326,5 @@ def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, capsys):
     assert set(r) == {"loss", "accuracy", "n"}, name
     assert math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1, name
     assert r["n"] == 4, name
-  out = capsys.readouterr().out
+  out = caplog.text
   assert "single_double_quote" in out and "LM loss" in out

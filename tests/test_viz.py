@@ -111,15 +111,16 @@ def _make_workdir(root, circuit):
   return wd
 
 
-def test_run_writes_pages_exports_and_index(tmp_path, circuit, capsys):
+def test_run_writes_pages_exports_and_index(tmp_path, circuit, caplog):
   wd = _make_workdir(tmp_path, circuit)
-  written = viz.run(None, wd)
+  with caplog.at_level("INFO", logger="sparse_circuits"):
+    written = viz.run(None, wd)
   cdir = wd / "circuits" / "single_double_quote"
   for name in ("index.html", "graph.json", "edges.csv", "graph.dot"):
     assert str(cdir / name) in written
     assert (cdir / name).stat().st_size > 0
   assert written[-1] == str(wd / "index.html")
-  assert capsys.readouterr().out.split() == written
+  assert [r.getMessage() for r in caplog.records] == written
   graph = json.loads((cdir / "graph.json").read_text())
   assert _pairs(graph["edges"]) == _pairs(circuit["edges"])
   index = (wd / "index.html").read_text()

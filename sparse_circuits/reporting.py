@@ -1,0 +1,39 @@
+"""One reporter for the whole package: the `sparse_circuits` logger.
+
+Library modules report what they did through `reporting.get(__name__)`
+(never `print`), so a notebook decides what it sees (`logging.basicConfig`),
+and the command line shows the messages as plain lines on process 0
+(`to_console`, called by `main`).
+"""
+
+import logging
+import sys
+
+ROOT = "sparse_circuits"
+
+
+def get(name: str) -> logging.Logger:
+  """The logger of a module: `reporting.get(__name__)`."""
+  return logging.getLogger(name if name.startswith(ROOT) else
+                           f"{ROOT}.{name}")
+
+
+def _primary_or_warning(record: logging.LogRecord) -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return record.levelno >= logging.WARNING or jax.process_index() == 0
+
+
+def to_console(level: int = logging.INFO) -> None:
+  """Messages of `level` and above as plain lines on stdout: on process 0
+  only, but for warnings. Safe before `jax.distributed.initialize` (the
+  process index is read when a message is written)."""
+  logger = logging.getLogger(ROOT)
+  if any(getattr(h, "_sparse_circuits", False) for h in logger.handlers):
+    return
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  handler.addFilter(_primary_or_warning)
+  handler._sparse_circuits = True  # pylint: disable=protected-access
+  logger.addHandler(handler)
+  logger.setLevel(level)
+  logger.propagate = False  # absl's handler on the root would repeat it

@@ -1,0 +1,314 @@
+"""A run and its context: the one door into a trained model.
+
+`context(config)` holds everything static about a run except the optimizer:
+the model config, the sparsity plan, the mesh, and the abstract parameters
+with their shardings. Training adds the optimizer on top (`train.make_setup`);
+eval, prune, report and export use the context alone, so they never build an
+optimizer.
+
+`load(workdir)` reads the config a run was trained with from its checkpoint,
+lays the caller's analysis settings over it (`overlay_config`, the one place
+that does this), restores the parameters and finds the tokenizer. The `Run`
+it returns is also the Python API (`import sparse_circuits as sc;
+run = sc.load("runs/tiny")`):
+
+  ids = run.tokenize("x = 'a")
+  logits, cache = run(ids, capture=["0.attn.q"])        # [B, L, V], {site: act}
+  circ = run.circuit("single_double_quote")
+  logits, _ = run(ids, interventions=circ.apply())      # the circuit alone
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sparse_circuits import checkpoints
+from sparse_circuits import model as model_lib
+from sparse_circuits import sharding
+from sparse_circuits import sites as sites_lib
+from sparse_circuits import sparsity
+
+# Config sections an analysis (eval, prune, the API) may set over the run's
+# stored config; everything else (model, data, sparsity) is the run's own.
+OVERLAY_SECTIONS = ("tasks", "prune", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Everything static about a run but the optimizer."""
+  config: Any
+  cfg: model_lib.ModelConfig
+  plan: sparsity.Plan | None
+  mesh: Any
+  abstract_params: Any  # ShapeDtypeStructs carrying their shardings
+  param_shardings: Any
+
+
+def model_config(config) -> model_lib.ModelConfig:
+  return model_lib.ModelConfig.from_config(config.model)
+
+
+def sparsity_plan(config, abstract) -> sparsity.Plan | None:
+  s = config.sparsity
+  if not s.enabled:
+    return None
+  return sparsity.make_plan(
+      abstract, sparsity.Schedule(config.train.num_steps, s.pfrac,
+                                  s.expansion_factor, s.anneal_start,
+                                  s.anneal_end), s.min_per_neuron)
+
+
+def with_shardings(tree, shardings):
+  return jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      tree, shardings)
+
+
+def context(config, devices=None) -> Context:
+  cfg = model_config(config)
+  abstract = model_lib.abstract_params(cfg)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  p_sh = sharding.tree_shardings(abstract, mesh,
+                                 [tuple(r) for r in config.mesh.rules])
+  return Context(config, cfg, sparsity_plan(config, abstract), mesh,
+                 with_shardings(abstract, p_sh), p_sh)
+
+
+def lm_eval_step(ctx: Context):
+  """Jitted (params, global batch [B, L+1]) -> mean next-token loss."""
+  return jax.jit(
+      lambda params, batch: model_lib.lm_loss(params, batch, ctx.cfg),
+      in_shardings=(ctx.param_shardings, sharding.batch_sharding(ctx.mesh)),
+      out_shardings=sharding.replicated(ctx.mesh))
+
+
+# ------------------------------------------------------------ stored config
+
+
+def _update(dst: ml_collections.ConfigDict, src: Mapping[str, Any], where):
+  for k, v in src.items():
+    if isinstance(v, Mapping) and isinstance(dst.get(k),
+                                             ml_collections.ConfigDict):
+      _update(dst[k], v, f"{where}.{k}")
+    else:
+      dst[k] = v
+
+
+def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
+  """The run's stored config with the caller's analysis settings on top.
+
+  `overlay` is either a whole config (the command line's: its `tasks`,
+  `prune` and `eval` sections replace the stored ones, and its
+  `train.eval_batches` and a non-empty `data.tokenizer_dir` are taken), or a
+  mapping of just the fields to change, e.g. `{"tasks": {"n_test": 64}}`
+  (from a notebook; only the OVERLAY_SECTIONS, plus `train.eval_batches`).
+  """
+  merged = ml_collections.ConfigDict(
+      stored.to_dict() if hasattr(stored, "to_dict") else dict(stored))
+  if overlay is None:
+    return merged
+  with merged.unlocked():
+    if isinstance(overlay, ml_collections.ConfigDict):
+      for sec in OVERLAY_SECTIONS:
+        if sec in overlay:
+          merged[sec] = ml_collections.ConfigDict(overlay[sec].to_dict())
+      if "train" in overlay and "eval_batches" in overlay.train:
+        merged.train.eval_batches = overlay.train.eval_batches
+      if "data" in overlay and overlay.data.get("tokenizer_dir", ""):
+        merged.data.tokenizer_dir = overlay.data.tokenizer_dir
+      return merged
+    for sec, fields in overlay.items():
+      if sec == "train" and set(fields) <= {"eval_batches"}:
+        pass
+      elif sec not in OVERLAY_SECTIONS:
+        raise ValueError(
+            f"overlay section {sec!r} cannot change a trained run; "
+            f"allowed: {OVERLAY_SECTIONS} and train.eval_batches")
+      if sec not in merged:
+        merged[sec] = ml_collections.ConfigDict()
+      _update(merged[sec], fields, sec)
+  return merged
+
+
+def tokenizer_dir(config, workdir: str) -> str:
+  """Where a run's tokenizer lives: the config's, else the one its data was
+  built with (the data manifest), else WORKDIR/data/tokenizer."""
+  if config.data.get("tokenizer_dir", ""):
+    return config.data.tokenizer_dir
+  manifest = os.path.join(workdir, "data", "manifest.json")
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      return json.load(f).get("tokenizer_dir") or os.path.dirname(manifest)
+  return os.path.join(workdir, "data", "tokenizer")
+
+
+# ------------------------------------------------------------- the API
+
+
+_forward = jax.jit(model_lib.forward,
+                   static_argnames=("cfg", "capture", "last_only"))
+
+
+class Run:
+  """A trained run: its config, parameters and tokenizer (see the module
+  docstring). Build it with `load(workdir)`."""
+
+  def __init__(self, workdir: str, config, ctx: Context, params, step: int):
+    self.workdir, self.config, self.ctx = workdir, config, ctx
+    self.params, self.step = params, step
+    self._tokenizer = None
+
+  @property
+  def tokenizer(self):
+    """The run's tokenizer, read on first use (export needs none)."""
+    if self._tokenizer is None:
+      from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+      tok_dir = tokenizer_dir(self.config, self.workdir)
+      try:
+        self._tokenizer = tokenizer_lib.load(tok_dir)
+      except (OSError, ValueError) as e:
+        raise checkpoints.CheckpointError(
+            f"the tokenizer of {self.workdir} ({tok_dir}) cannot be read: "
+            f"{e}") from e
+    return self._tokenizer
+
+  @property
+  def cfg(self) -> model_lib.ModelConfig:
+    return self.ctx.cfg
+
+  def site_names(self) -> list[str]:
+    return self.cfg.site_names()
+
+  def __repr__(self):
+    c = self.cfg
+    return (f"Run({self.workdir!r}, step={self.step}, {c.n_layer} layers, "
+            f"d_model {c.d_model}, afrac {c.afrac or 'off'})")
+
+  # ---- text
+
+  def tokenize(self, text: str) -> np.ndarray:
+    """int32 [L] token ids (no end-of-text is added)."""
+    return np.asarray(self.tokenizer.encode(text), np.int32)
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode(np.asarray(ids).reshape(-1).tolist())
+
+  # ---- the model
+
+  def __call__(self, tokens, capture: Sequence[str] = (),
+               interventions: Mapping[str, Mapping[str, Any]] | None = None):
+    """(logits [B, L, V], {site: activation}) for a str, ids [L] or [B, L].
+
+    `capture` names activation sites (`run.site_names()`); `interventions`
+    maps a site to {"mask", "mean"} (x <- m*x + (1-m)*mean), e.g. a
+    circuit's `apply()`. Runs jitted; a new shape or capture set compiles."""
+    if isinstance(tokens, str):
+      tokens = self.tokenize(tokens)
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    if tokens.shape[1] > self.cfg.block_size:
+      raise ValueError(f"{tokens.shape[1]} tokens exceed the context of "
+                       f"{self.cfg.block_size}")
+    iv = None if interventions is None else jax.tree.map(jnp.asarray,
+                                                         dict(interventions))
+    return _forward(self.params, jnp.asarray(tokens), self.cfg, iv,
+                    tuple(capture))
+
+  # ---- tasks and circuits
+
+  def tasks(self, names: Sequence[str] | None = None) -> dict:
+    """The task suite built with this run's tokenizer (config.tasks)."""
+    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    return tasks_lib.build_all(self.config, self.tokenizer, names=names)
+
+  def task(self, name: str):
+    return self.tasks([name])[name]
+
+  def evaluate(self, task, interventions=None, split: str = "test") -> dict:
+    """{loss, accuracy, n} of a task (a Task or its name) on one split."""
+    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    if isinstance(task, str):
+      task = self.task(task)
+    return tasks_lib.evaluate_task(self.params, self.cfg,
+                                   getattr(task, split),
+                                   interventions=interventions)
+
+  def circuit(self, task_name: str) -> "Circuit":
+    """WORKDIR/circuits/<task>/circuit.json with the means it was pruned
+    against."""
+    path = os.path.join(self.workdir, "circuits", task_name, "circuit.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no circuit for {task_name!r}: {path} is "
+                              "missing (run --mode=prune)")
+    with open(path) as f:
+      doc = json.load(f)
+    step = doc.get("model", {}).get("step", self.step)
+    means_path = os.path.join(self.workdir, "prune", f"means_{step}.npz")
+    if not os.path.exists(means_path):
+      raise FileNotFoundError(f"{path} was pruned against {means_path}, "
+                              "which is missing")
+    return Circuit(doc, dict(np.load(means_path)), self)
+
+
+class Circuit:
+  """A pruned circuit: its kept nodes and the means everything else is
+  ablated to. `doc` is the circuit.json document (schema in the README)."""
+
+  def __init__(self, doc: dict, means: Mapping[str, np.ndarray], run: Run):
+    self.doc, self.means, self.run = doc, means, run
+    self.name = doc["task"]["name"]
+    self.keep = {s: np.zeros(len(m), bool) for s, m in means.items()}
+    for n in doc["nodes"]:
+      self.keep[n["site"]][n["index"]] = True
+
+  @property
+  def losses(self) -> dict:
+    return self.doc["losses"]
+
+  @property
+  def counts(self) -> dict:
+    return self.doc["counts"]
+
+  def __repr__(self):
+    return (f"Circuit({self.name!r}, {self.counts['nodes']} nodes, "
+            f"{self.counts['edges']} edges)")
+
+  def apply(self) -> dict:
+    """Interventions that keep the circuit and mean-ablate every other node."""
+    return {s: {"mask": self.keep[s].astype(np.float32),
+                "mean": np.asarray(self.means[s], np.float32)}
+            for s in self.keep}
+
+  def task(self):
+    """The task as it was pruned (same generator settings, same pairs)."""
+    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    tasks_cfg = self.doc.get("tasks_config")
+    cfg = self.run.config if tasks_cfg is None else overlay_config(
+        self.run.config, {"tasks": tasks_cfg})
+    return tasks_lib.build_all(cfg, self.run.tokenizer,
+                               names=[self.name])[self.name]
+
+  def evaluate(self, split: str = "test") -> dict:
+    """{loss, accuracy, n} of the circuit alone (uncalibrated)."""
+    return self.run.evaluate(self.task(), self.apply(), split)
+
+
+def load(workdir: str, step: int | None = None, overlay=None,
+         devices=None) -> Run:
+  """Restores a run's parameters (the latest checkpoint, or `step`) with its
+  own config, `overlay` laid over it (see `overlay_config`)."""
+  workdir = os.fspath(workdir)
+  config = overlay_config(checkpoints.load_config(workdir, step), overlay)
+  ctx = context(config, devices)
+  params, step = checkpoints.restore_params(workdir, ctx.abstract_params,
+                                            step)
+  return Run(workdir, config, ctx, params, int(step))

@@ -1,0 +1,67 @@
+"""The one vocabulary of activation sites and circuit nodes.
+
+Site names are the authors' (paper §2, App. A; their released circuits use
+them): `{L}.resid_in`, `{L}.attn.act_in`, ... `final_resid`. The model
+captures and intervenes at these names, the config validates activation
+sparsity against `AFRAC_SITES`, circuits use `NODE_KINDS`, the viewer colours
+by kind, and interop maps the authors' `afrac_loctypes` onto `AFRAC_SITES`.
+Every list of names in the package is derived from the tables here.
+
+TransformerLens aliases (for readers coming from it): `resid_in` =
+`blocks.L.hook_resid_pre`, `resid_mid` = `hook_resid_mid`, `attn.q|k|v` =
+`attn.hook_q|k|v` (flattened over heads), `attn.y` = `attn.hook_z`,
+`attn.resid_delta` = `hook_attn_out`, `mlp.post_act` = `mlp.hook_post`,
+`mlp.resid_delta` = `hook_mlp_out`, `final_resid` = `ln_final.hook_scale`'s
+input.
+"""
+
+# Per-layer sites in forward order (the layer index is prefixed: "0.attn.q").
+LAYER_SITES = ("resid_in", "attn.act_in", "attn.q", "attn.k", "attn.v",
+               "attn.y", "attn.resid_delta", "resid_mid", "mlp.act_in",
+               "mlp.post_act", "mlp.resid_delta")
+FINAL_SITE = "final_resid"
+
+# Activation-sparsity (AbsTopK) locations -> the site they act on. The keys
+# are the authors' `afrac_loctypes` names (paper App. A.1).
+AFRAC_SITES = {
+    "attn_in": "attn.act_in",
+    "attn_q": "attn.q",
+    "attn_k": "attn.k",
+    "attn_v": "attn.v",
+    "attn_out": "attn.resid_delta",
+    "mlp_in": "mlp.act_in",
+    "mlp_neuron": "mlp.post_act",
+    "mlp_out": "mlp.resid_delta",
+}
+AFRAC_NAMES = tuple(AFRAC_SITES)
+
+# Circuit node sites (paper §2.2) in forward order -> node kind.
+NODE_KINDS = {
+    "attn.act_in": "resid_read",
+    "attn.q": "q",
+    "attn.k": "k",
+    "attn.v": "v",
+    "attn.resid_delta": "resid_write",
+    "mlp.act_in": "resid_read",
+    "mlp.post_act": "mlp_neuron",
+    "mlp.resid_delta": "resid_write",
+}
+
+
+def site_names(n_layer: int) -> list[str]:
+  """Every activation site of an n_layer model, in forward order."""
+  return [f"{i}.{s}" for i in range(n_layer) for s in LAYER_SITES] + [
+      FINAL_SITE]
+
+
+def split(name: str) -> tuple[int | None, str]:
+  """"1.mlp.post_act" -> (1, "mlp.post_act"); "final_resid" -> (None, ...)."""
+  head, _, rest = name.partition(".")
+  if head.isdigit() and rest:
+    return int(head), rest
+  return None, name
+
+
+def kind(name: str) -> str | None:
+  """The node kind of a site name (with or without its layer), else None."""
+  return NODE_KINDS.get(split(name)[1])

@@ -1,0 +1,133 @@
+"""The Python API (`import sparse_circuits as sc`) on a tiny trained run.
+
+The README's notebook example is executed here verbatim (only the workdir
+differs), so the README cannot rot.
+"""
+
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import sparse_circuits as sc
+from sparse_circuits import model as model_lib
+from sparse_circuits import runs
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_example() -> str:
+  m = re.search(r"<!-- api-example -->\s*```python\n(.*?)```\s*"
+                r"<!-- /api-example -->", README.read_text(), re.S)
+  assert m, "README.md lost its api-example block"
+  return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory, tiny_data):
+  """A tiny run trained a few steps and pruned on one task, as runs/tiny
+  under a temporary directory. The target loss is loose so that the circuit
+  keeps only part of the model (its loss then differs from the full
+  model's, and the test below can tell whether ablation was reproduced)."""
+  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
+  config, info = tiny_data
+  config = config.copy_and_resolve_references()
+  c = config
+  c.data.tokenizer_dir = info.tokenizer_dir
+  c.model.n_layer, c.model.d_model, c.model.d_mlp = 2, 64, 256
+  c.model.n_head, c.model.block_size = 4, 64
+  c.sparsity.expansion_factor = 1.0
+  c.train.num_steps, c.train.batch_size = 12, 8
+  c.train.eval_every, c.train.checkpoint_every = 12, 12
+  c.train.eval_batches = 1
+  c.tasks.n_train, c.tasks.n_test = 16, 8
+  c.tasks.names = ("single_double_quote",)
+  c.prune.tasks = ("single_double_quote",)
+  c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 10, 8, 1
+  c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
+  c.prune.random_control = False
+  c.prune.target_loss = 1.0
+  root = tmp_path_factory.mktemp("api")
+  workdir = str(root / "runs" / "tiny")
+  train.run(c, workdir)
+  prune.run(c, workdir)
+  return root, workdir, c
+
+
+def test_readme_example_runs_and_reproduces_the_circuit_loss(
+    pruned_run, monkeypatch):
+  root, _, _ = pruned_run
+  monkeypatch.chdir(root)
+  ns = {}
+  exec(compile(_readme_example(), str(README), "exec"), ns)  # pylint: disable=exec-used
+  run, circ = ns["run"], ns["circ"]
+  n_total = circ.counts["total_nodes"]
+  assert 0 < circ.counts["nodes"] < n_total, circ.counts  # a real ablation
+  # The circuit alone, through the API, gives circuit.json's loss.
+  np.testing.assert_allclose(ns["alone"]["loss"],
+                             circ.losses["circuit_uncalibrated"], atol=1e-4)
+  np.testing.assert_allclose(ns["full"]["loss"], circ.losses["full_model"],
+                             atol=1e-4)
+  assert abs(ns["alone"]["loss"] - ns["full"]["loss"]) > 1e-3
+  # Captures have the model's widths; the intervened logits differ.
+  assert ns["cache"]["1.mlp.post_act"].shape == (1, len(ns["ids"]),
+                                                 run.cfg.d_mlp)
+  assert ns["cache"]["0.attn.q"].shape[-1] == run.cfg.n_head * run.cfg.d_head
+
+
+def test_forward_and_capture_match_the_model(pruned_run):
+  _, workdir, _ = pruned_run
+  run = sc.load(workdir)
+  assert run.step == 12
+  text = "def f(x):\n    return x"
+  ids = run.tokenize(text)
+  assert run.decode(ids) == text
+  logits, cache = run(text, capture=["0.resid_in", "final_resid"])
+  want, acts = model_lib.forward(run.params, ids[None], run.cfg,
+                                 capture=("final_resid",))
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cache["final_resid"], acts["final_resid"],
+                             rtol=1e-5, atol=1e-5)
+  assert set(cache) == {"0.resid_in", "final_resid"}
+  with pytest.raises(ValueError, match="unknown activation site"):
+    run(ids, capture=["0.attn.nope"])
+
+
+def test_overlay_changes_analysis_settings_only(pruned_run):
+  _, workdir, c = pruned_run
+  run = sc.load(workdir, overlay={"tasks": {"n_test": 4}})
+  assert run.config.tasks.n_test == 4
+  assert runs.model_config(run.config) == runs.model_config(c)
+  assert run.evaluate("single_double_quote")["n"] == 4
+  with pytest.raises(ValueError, match="cannot change a trained run"):
+    sc.load(workdir, overlay={"model": {"d_model": 8}})
+  # A whole command-line config overlays its tasks/prune sections.
+  cli = c.copy_and_resolve_references()
+  cli.tasks.seed, cli.model.d_model = 7, 999
+  merged = runs.overlay_config(run.config, cli)
+  assert merged.tasks.seed == 7 and merged.model.d_model == c.model.d_model
+
+
+def test_a_missing_circuit_is_named(pruned_run):
+  _, workdir, _ = pruned_run
+  run = sc.load(workdir)
+  with pytest.raises(FileNotFoundError, match="bracket_counting"):
+    run.circuit("bracket_counting")
+
+
+def test_eval_and_prune_programs_never_import_the_optimizer():
+  """The prune/eval/report/export programs restore parameters only."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import sys\n"
+          "from sparse_circuits import evaluate, prune, viz, interop, runs\n"
+          "bad = [m for m in ('sparse_circuits.train', 'sparse_circuits.optim')"
+          " if m in sys.modules]\n"
+          "print('BAD' if bad else 'OK', bad)\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, cwd=README.parent,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True)
+  assert r.stdout.startswith("OK"), r.stdout + r.stderr
