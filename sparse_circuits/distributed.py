@@ -72,7 +72,7 @@ def maybe_initialize(flag: bool = False) -> bool:
   if jax.process_index() == 0:
     _log.info(f"distributed: {jax.process_count()} processes, "
           f"{jax.device_count()} devices ({jax.local_device_count()} per "
-          f"process, {jax.devices()[0].platform})", flush=True)
+          f"process, {jax.devices()[0].platform})")
   return True
 
 
