@@ -3,35 +3,65 @@
 `params` and `opt_state` are separate items so that the prune and eval
 programs restore parameters only and never build an optimizer. `meta` holds
 the step and the run's config (JSON); `data` the grain iterator's position.
+
+Restoring falls back: a node that died mid-write, a disk that filled up or a
+copy cut short leaves a step whose files are damaged, and Orbax keeps the
+older steps for exactly this. Every restore here walks back from the newest
+step to the newest one that restores completely, logs one warning line per
+step it skipped (and why), and moves each skipped step aside to
+`<step>.damaged` (not deleted, so it can be inspected; Orbax ignores the
+name). A step is moved aside only once an older one has restored, so a
+systematic failure (a wrong config, an unreadable directory) moves nothing
+and stops with one error listing every step's reason. A checkpoint whose
+shapes do not match the config is a config error, never "damage".
 """
 
+import gc
 import json
 import os
+import sys
+from typing import Any, Callable
 
+from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sparse_circuits import distributed
+from sparse_circuits.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-  pass
+DAMAGED_SUFFIX = ".damaged"
 
 
 def ckpt_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir: str, keep: int = 2, async_save: bool = True):
+def manager(workdir: str, keep: int = 2, async_save: bool = True,
+            create: bool = True):
   import grain  # pylint: disable=g-import-not-at-top
   return ocp.CheckpointManager(
       ckpt_dir(workdir),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True,
+          max_to_keep=keep, create=create,
           enable_async_checkpointing=async_save),
       item_handlers={"params": ocp.StandardCheckpointHandler(),
                      "opt_state": ocp.StandardCheckpointHandler(),
                      "meta": ocp.JsonCheckpointHandler(),
                      "data": grain.checkpoint.CheckpointHandler()})
+
+
+def _no_checkpoint(workdir: str) -> CheckpointError:
+  return CheckpointError(
+      f"no checkpoint in {ckpt_dir(workdir)}",
+      hint="train first (--mode=train) or import one (--mode=import)")
+
+
+def _reader(workdir: str):
+  """A manager that only reads (an absent directory is not created)."""
+  if not os.path.isdir(ckpt_dir(workdir)):
+    raise _no_checkpoint(workdir)
+  return manager(workdir, async_save=False, create=False)
 
 
 def save(mngr, step: int, params, opt_state, config, data_iter=None):
@@ -47,48 +77,150 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None):
 
 
 def latest_step(workdir: str):
-  """The newest finalized checkpoint's step (Orbax writes into a temporary
-  name and renames when done, so a crash mid-save leaves no step dir)."""
-  d = ckpt_dir(workdir)
-  if not os.path.isdir(d):
+  """The newest finalized checkpoint's step, or None (Orbax writes into a
+  temporary name and renames when done, so a crash mid-save leaves none)."""
+  if not os.path.isdir(ckpt_dir(workdir)):
     return None
-  steps = [int(n) for n in os.listdir(d)
-           if n.isdigit() and os.path.isdir(os.path.join(d, n))]
-  return max(steps) if steps else None
+  with manager(workdir, async_save=False, create=False) as mngr:
+    return mngr.latest_step()
 
 
-def restore(mngr, step, abstract_params, abstract_opt_state=None,
-            data_iter=None):
-  """(params, opt_state or None, meta) restored onto the abstract shardings."""
-  import grain  # pylint: disable=g-import-not-at-top
-  items = dict(params=ocp.args.StandardRestore(abstract_params),
-               meta=ocp.args.JsonRestore())
-  if abstract_opt_state is not None:
-    items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  try:
-    out = mngr.restore(step, args=ocp.args.Composite(**items))
-  except Exception as e:  # orbax raises many types; name the checkpoint.
+def _why(e: BaseException) -> str:
+  """The innermost cause's first line: Orbax wraps TensorStore's message
+  (e.g. "OUT_OF_RANGE: ... Requested byte range ...") in a long spec dump."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  line = (str(e).strip().splitlines() or [""])[0]
+  line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+  return line if len(line) <= 240 else line[:237] + "..."
+
+
+def _quiet_abandoned_reads() -> None:
+  """Keeps the fallout of a failed restore off the user's terminal.
+
+  Orbax runs a restore's reads as asyncio tasks on a throwaway event loop
+  and closes it as soon as one read fails. The other reads finish later in
+  TensorStore's threads, find the loop closed, and every one of them prints
+  a traceback ("Event loop is closed", then the read's own error when its
+  coroutine is collected, often at exit: "Python is likely shutting down").
+  The failure itself has been reported (one line); this drops exactly those
+  reports, from the first failed restore on.
+  """
+  global _QUIET
+  if not _QUIET:
+    _QUIET = True
+    previous = sys.unraisablehook
+
+    def hook(u):
+      code = getattr(u.object, "cr_code", None)
+      if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+        return  # an abandoned read's coroutine, collected
+      if (isinstance(u.exc_value, RuntimeError) and
+          str(u.exc_value) == "Event loop is closed"):
+        return  # an abandoned read completing into the closed loop
+      previous(u)
+
+    sys.unraisablehook = hook
+  gc.collect()  # now rather than at exit
+
+
+_QUIET = False
+
+
+def _move_aside(directory, step: int) -> str:
+  base = os.path.join(str(directory), str(step))
+  dest, n = base + DAMAGED_SUFFIX, 1
+  while os.path.exists(dest):
+    dest, n = f"{base}{DAMAGED_SUFFIX}.{n}", n + 1
+  os.rename(base, dest)
+  return dest
+
+
+def restore_newest(mngr, restore_step: Callable[[int], Any],
+                   step: int | None = None) -> tuple[Any, int | None]:
+  """(restore_step(s), s) for the newest step s that restores completely.
+
+  Steps that fail are skipped with one warning line each and, once an older
+  step has restored, moved aside to `<step>.damaged`. `restore_step` may
+  raise CheckpointError to refuse a step for a reason that is not damage (a
+  shape that does not fit the config): that stops the walk at once. With
+  `step` given, only that step is tried. No step at all: (None, None). No
+  step that restores: CheckpointError naming every step and its reason.
+  """
+  steps = [step] if step is not None else sorted(mngr.all_steps(),
+                                                 reverse=True)
+  failed = []
+  for s in steps:
+    try:
+      out, why = restore_step(s), None
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      out, why = None, _why(e)  # Orbax/TensorStore raise many types
+    if why is not None:
+      _quiet_abandoned_reads()
+    # A step counts as readable only if every host read its shards of it.
+    if not distributed.all_true(why is None):
+      failed.append((s, why or "another process could not read it"))
+      continue
+    for bad, reason in failed if jax.process_index() == 0 else ():
+      dest = _move_aside(mngr.directory, bad)
+      logging.warning("checkpoint step %d in %s is damaged (%s): restored "
+                      "step %d instead and moved the damaged one to %s",
+                      bad, mngr.directory, reason, s, dest)
+    if failed:
+      distributed.barrier("checkpoints.move_aside")
+      mngr.reload()
+    return out, s
+  if failed:
     raise CheckpointError(
-        f"cannot restore checkpoint step {step} from {mngr.directory}: "
-        f"{type(e).__name__}: {e}") from e
-  return out["params"], out.get("opt_state"), out["meta"]
+        f"no readable checkpoint in {mngr.directory}: " + "; ".join(
+            f"step {s}: {why}" for s, why in failed),
+        hint="nothing was moved or deleted; remove the checkpoints directory "
+        "to start over")
+  return None, None
+
+
+def restore_latest(mngr, abstract_params, abstract_opt_state=None,
+                   data_iter=None, step=None):
+  """((params, opt_state or None, meta), step) of the newest step that
+  restores completely, restored onto the abstract shardings; (None, None)
+  when there is no checkpoint."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  def restore_step(s):
+    # The parameters' shapes say whether the checkpoint fits the config (the
+    # optimizer state follows them; Orbax's metadata of it loses the optax
+    # state classes, so its paths would not compare).
+    _check_shapes(_item_metadata(mngr, s).get("params"), abstract_params,
+                  mngr.directory, s)
+    items = dict(params=ocp.args.StandardRestore(abstract_params),
+                 meta=ocp.args.JsonRestore())
+    if abstract_opt_state is not None:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = mngr.restore(s, args=ocp.args.Composite(**items))
+    return out["params"], out.get("opt_state"), out["meta"]
+
+  return restore_newest(mngr, restore_step, step)
+
+
+def _item_metadata(mngr, step) -> dict:
+  """{item: metadata tree} from Orbax; raises (damage) if unreadable."""
+  tree = mngr.item_metadata(step)
+  return {k: tree[k] for k in tree.keys()} if tree is not None else {}
 
 
 def load_config(workdir: str, step=None) -> ml_collections.ConfigDict:
-  """The config a run was trained with (from its checkpoint)."""
-  step = latest_step(workdir) if step is None else step
-  if step is None:
-    raise CheckpointError(f"no checkpoint in {ckpt_dir(workdir)}; train "
-                          "first (--mode=train) or import one")
-  path = os.path.join(ckpt_dir(workdir), str(step), "meta", "metadata")
-  try:
-    with open(path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"checkpoint {step} in {ckpt_dir(workdir)} has no "
-                          f"readable config ({e})") from e
+  """The config a run was trained with (from its newest readable checkpoint,
+  or from `step`)."""
+  with _reader(workdir) as mngr:
+    meta, _ = restore_newest(
+        mngr, lambda s: mngr.restore(s, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"], step)
+  if meta is None:
+    raise _no_checkpoint(workdir)
   return ml_collections.ConfigDict(meta["config"])
 
 
@@ -99,19 +231,24 @@ def restore_params(workdir: str, abstract_params, step=None):
   the caller's config expects; a checkpoint of another shape is refused with
   a message naming the mismatching parameter.
   """
-  step = latest_step(workdir) if step is None else step
+  with _reader(workdir) as mngr:
+
+    def restore_step(s):
+      _check_shapes(_item_metadata(mngr, s).get("params"), abstract_params,
+                    mngr.directory, s)
+      return mngr.restore(s, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params)))["params"]
+
+    params, step = restore_newest(mngr, restore_step, step)
   if step is None:
-    raise CheckpointError(f"no checkpoint in {ckpt_dir(workdir)}")
-  with manager(workdir, async_save=False) as mngr:
-    meta_tree = mngr.item_metadata(step)
-    stored = meta_tree["params"] if meta_tree is not None else None
-    if stored is not None:
-      _check_shapes(stored, abstract_params, workdir, step)
-    params, _, _ = restore(mngr, step, abstract_params)
+    raise _no_checkpoint(workdir)
   return params, step
 
 
-def _check_shapes(stored, expected, workdir, step):
+def _check_shapes(stored, expected, directory, step):
+  """Refuses a checkpoint whose tree does not fit the config (not damage)."""
+  if stored is None:
+    return  # no metadata to compare: the restore itself will tell
   flat_s = {jax.tree_util.keystr(p): getattr(v, "shape", None) for p, v in
             jax.tree_util.tree_flatten_with_path(stored)[0]}
   flat_e = {jax.tree_util.keystr(p): v.shape for p, v in
@@ -120,6 +257,8 @@ def _check_shapes(stored, expected, workdir, step):
     if k not in flat_s or k not in flat_e or (
         flat_s[k] is not None and tuple(flat_s[k]) != tuple(flat_e[k])):
       raise CheckpointError(
-          f"checkpoint {step} in {ckpt_dir(workdir)} does not match the "
-          f"config: parameter {k} is {flat_s.get(k, 'missing')} in the "
-          f"checkpoint, {flat_e.get(k, 'absent')} in the model")
+          f"checkpoint {step} in {directory} does not match the config: "
+          f"parameter {k} is {flat_s.get(k, 'missing')} in the checkpoint, "
+          f"{flat_e.get(k, 'absent')} in the model",
+          hint="pass the config the run was trained with, or another "
+          "--workdir")

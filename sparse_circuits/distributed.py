@@ -87,6 +87,14 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def all_true(ok: bool) -> bool:
+  """Whether `ok` holds on every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return bool(ok)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 def primary_first(fn, *args, **kwargs):
   """fn(*args) on process 0, then on the others.
 
