@@ -2,9 +2,12 @@
 
 Parses flags and dispatches to one library function per mode, each taking
 (config, workdir). With no --mode, the whole pipeline runs in order.
+Errors of this package's own types (`errors.UserError`) print one line and
+exit 2; anything else is a bug and keeps its traceback.
 """
 
 import importlib
+import sys
 
 from absl import app
 from absl import flags
@@ -51,15 +54,25 @@ def main(argv):
   reporting.to_console()
   from sparse_circuits import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(_DISTRIBUTED.value)  # before any computation
-  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  config_lib.validate(config)
   mode = _MODE.value
   if mode != "all" and mode not in MODES:
     raise app.UsageError(f"--mode={mode!r} unknown; choose from "
                          f"{['all', *MODES]}")
-  for m in (PIPELINE if mode == "all" else (mode,)):
-    _resolve(m)(config, _WORKDIR.value)
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import errors  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import preemption  # pylint: disable=g-import-not-at-top
+  try:
+    config = _CONFIG.value
+    config_lib.validate(config)
+    for m in (PIPELINE if mode == "all" else (mode,)):
+      _resolve(m)(config, _WORKDIR.value)
+  except errors.UserError as e:  # ours and fixable: one line, no traceback
+    print(f"error: {e}" + (f" (hint: {e.hint})" if e.hint else ""),
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+  except preemption.Preempted as e:  # saved; the job may be rescheduled
+    if distributed.is_primary():
+      print(e, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Training: one pure jitted step, the loop, metrics and resumable checkpoints.
 
-Resume order: this workdir's latest checkpoint, then `train.init_from`
-(parameters only), then scratch. Metrics are pulled to the host one step late
-so the device never waits for the logger; a non-finite loss stops the run
-before anything is saved, leaving the last good checkpoint intact.
+Resume order: this workdir's newest checkpoint that restores completely
+(`checkpoints.restore_latest` walks back past damaged ones), then
+`train.init_from` (parameters only), then scratch. Metrics are pulled to the
+host one step late so the device never waits for the logger; a non-finite
+loss stops the run before anything is saved, leaving the last good
+checkpoint intact.
 """
 
 import dataclasses
@@ -21,8 +23,10 @@ from tqdm import tqdm
 
 from sparse_circuits import checkpoints
 from sparse_circuits import distributed
+from sparse_circuits import lock
 from sparse_circuits import model as model_lib
 from sparse_circuits import optim
+from sparse_circuits import preemption
 from sparse_circuits import reporting
 from sparse_circuits import runs
 from sparse_circuits import sharding
@@ -147,10 +151,10 @@ def _host_metrics(step, m):
 
 def _restore_or_init(setup, config, mngr, it):
   """(params, opt_state, start_step): latest here, else init_from, else new."""
-  step = mngr.latest_step()
-  if step is not None:
-    params, opt_state, meta = checkpoints.restore(
-        mngr, step, setup.abstract_params, setup.abstract_opt_state, it)
+  restored, _ = checkpoints.restore_latest(
+      mngr, setup.abstract_params, setup.abstract_opt_state, it)
+  if restored is not None:
+    params, opt_state, meta = restored
     return params, opt_state, int(meta["step"])
   if not config.train.init_from:
     return (*init_state(setup, config.seed), 0)
@@ -160,10 +164,21 @@ def _restore_or_init(setup, config, mngr, it):
   return params, opt_state, 0
 
 
-def run(config, workdir: str):
-  """`--mode=train`: train (or resume) and checkpoint into workdir."""
-  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+def run(config, workdir: str, on_step: Callable[[int], Any] | None = None):
+  """`--mode=train`: train (or resume) and checkpoint into workdir.
+
+  Holds WORKDIR/LOCK throughout (one training process per workdir). On
+  SIGTERM/SIGINT it finishes the step in flight, saves it and raises
+  `preemption.Preempted`. `on_step(step)` is called after each step with the
+  number of steps done (tests use it to interrupt a run at a known step).
+  """
   os.makedirs(workdir, exist_ok=True)
+  with lock.workdir_lock(workdir):
+    return _run(config, workdir, on_step)
+
+
+def _run(config, workdir, on_step):
+  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   setup = make_setup(config)
   info = distributed.primary_first(data.prepare, config, workdir)
   it = data.train_iterator(config, info)
@@ -171,6 +186,23 @@ def run(config, workdir: str):
                   data.eval_batches(config, info, config.train.eval_batches)]
   t = config.train
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
+  try:
+    with preemption.StopRequest() as stop:
+      params, stopped = _loop(config, workdir, setup, it, eval_batches, mngr,
+                              stop, on_step)
+  finally:
+    mngr.close()  # waits for the last save; no Orbax threads left behind
+  if stopped is not None:
+    where = f"{checkpoints.ckpt_dir(workdir)}/{stopped[1]}"
+    raise preemption.Preempted(
+        f"stopped by {stopped[0]} after step {stopped[1]}: saved {where}; "
+        "run the same command to resume from there", stopped[1])
+  return params
+
+
+def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
+  """The training steps; (params, None) or (params, (signal, step saved))."""
+  t = config.train
   params, opt_state, start = _restore_or_init(setup, config, mngr, it)
   log = MetricsLog(workdir, start)
   train_step, eval_step = make_train_step(setup), runs.lm_eval_step(setup.ctx)
@@ -202,11 +234,8 @@ def run(config, workdir: str):
       log.write(row)
     bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
 
-  kill_at = int(os.environ.get("SPARSE_CIRCUITS_KILL_AT_STEP", "-1"))
+  stopped = None
   for step in range(start, t.num_steps):
-    if step == kill_at:  # tests: a hard crash once the last save is durable
-      mngr.wait_until_finished()
-      os.kill(os.getpid(), 9)
     batch = sharding.global_batch(next(it), setup.mesh)
     params, opt_state, metrics = train_step(params, opt_state,
                                             jnp.int32(step), batch)
@@ -217,16 +246,21 @@ def run(config, workdir: str):
     flush()  # the previous step's metrics, while this step runs
     pending = (done, metrics, ev)
     bar.update(1)
-    if done % t.checkpoint_every == 0 or done == t.num_steps:
+    stop_now = stop.requested(mngr, done) and done < t.num_steps
+    if done % t.checkpoint_every == 0 or done == t.num_steps or stop_now:
       flush()
       checkpoints.save(mngr, done, params, opt_state, config, it)
       last_good = done
+    if stop_now:
+      stopped = (stop.signal_name, done)
+      break
+    if on_step is not None:
+      on_step(done)
   flush()
   mngr.wait_until_finished()
-  mngr.close()
   bar.close()
-  if jax.process_index() == 0 and row:
+  if jax.process_index() == 0 and row and stopped is None:
     _log.info(f"trained to step {t.num_steps}: loss {row['loss']:.4f}"
           + (f", eval loss {row['eval_loss']:.4f}" if "eval_loss" in row
              else ""))
-  return params
+  return params, stopped

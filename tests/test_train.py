@@ -140,25 +140,101 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows}
 
 
-def test_kill_and_resume_gives_the_same_losses(tmp_path, tiny_data):
-  _, info = tiny_data
-  tok = f"data.tokenizer_dir={info.tokenizer_dir}"
-  straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-  _run_main(straight, *MICRO_FLAGS, tok)
-  r = _run_main(crashed, *MICRO_FLAGS, tok, check=False,
-                env={"SPARSE_CIRCUITS_KILL_AT_STEP": "15"})
-  assert r.returncode != 0, "the process should have been killed"
-  assert os.path.isdir(crashed / "checkpoints" / "10")
-  assert not os.path.isdir(crashed / "checkpoints" / "20")
-  _run_main(crashed, *MICRO_FLAGS, tok)
-  a, b = _losses(straight), _losses(crashed)
-  assert sorted(a) == sorted(b) == list(range(1, 21))
-  for step in range(1, 21):
-    assert a[step] == b[step], (step, a[step], b[step])
-  # init_from warm-starts the parameters of a new run from another run.
+# Runs `--mode=train` through the CLI with `train.run(..., on_step=hook)`,
+# the test's way into the loop: HOOK is the body of hook(step).
+_HOOKED = textwrap.dedent("""
+    import sys
+    sys.argv = {argv!r}  # before any import can parse flags
+    import functools, os, signal
+    from absl import app
+    from sparse_circuits import main, train
+    def hook(step):
+    {hook}
+    train.run = functools.partial(train.run, on_step=hook)
+    app.run(main.main)
+    """)
+
+
+def _run_hooked(workdir, hook, *overrides):
+  argv = ["main", "--config=configs/tiny.py", "--mode=train",
+          f"--workdir={workdir}", *(f"--config.{o}" for o in overrides)]
+  code = _HOOKED.format(argv=argv, hook=textwrap.indent(
+      textwrap.dedent(hook), "  "))
+  return subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_data):
+  """An uninterrupted 20-step micro run: (workdir, losses, tokenizer flag)."""
+  tok = f"data.tokenizer_dir={tiny_data[1].tokenizer_dir}"
+  workdir = tmp_path_factory.mktemp("straight")
+  _run_main(workdir, *MICRO_FLAGS, tok)
+  return workdir, _losses(workdir), tok
+
+
+def _largest_file(directory):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
+                                                            straight):
+  """SIGTERM, then kill -9, then a truncated checkpoint: each time the run
+  goes on from the newest good checkpoint and every loss equals the
+  uninterrupted run's (bit for bit: same batches, same program)."""
+  _, want, tok = straight
+  run = tmp_path / "run"
+  ckpts = run / "checkpoints"
+
+  def check_losses():
+    got = _losses(run)
+    assert sorted(got) == sorted(want) == list(range(1, 21))
+    for step in range(1, 21):
+      assert got[step] == want[step], (step, got[step], want[step])
+
+  # SIGTERM while step 14 runs: it finishes, saves 14, exits 0.
+  r = _run_hooked(run, "if step == 13: os.kill(os.getpid(), signal.SIGTERM)",
+                  *MICRO_FLAGS, tok)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"stopped by SIGTERM after step 14: saved {ckpts}/14" in r.stdout, (
+      r.stdout)
+  assert sorted(os.listdir(ckpts)) == ["10", "14"]
+  assert not os.path.exists(run / "LOCK")
+
+  # A hard crash (kill -9) after that durable save: nothing saved at 17.
+  r = _run_hooked(run, "if step == 17: os.kill(os.getpid(), signal.SIGKILL)",
+                  *MICRO_FLAGS, tok)
+  assert r.returncode == -9, (r.returncode, r.stderr[-3000:])
+  assert sorted(os.listdir(ckpts)) == ["10", "14"]
+  assert os.path.exists(run / "LOCK")  # the dead process's, taken over next
+
+  r = _run_main(run, *MICRO_FLAGS, tok)
+  assert "taking over the lock" in r.stderr, r.stderr[-3000:]
+  assert sorted(os.listdir(ckpts)) == ["14", "20"]
+  check_losses()
+
+  # The newest checkpoint's largest file cut in half: resume from 14.
+  big = _largest_file(ckpts / "20")
+  cut = os.path.getsize(big) // 2
+  with open(big, "r+b") as f:
+    f.truncate(cut)
+  r = _run_main(run, *MICRO_FLAGS, tok)
+  warned = [l for l in r.stderr.splitlines() if "damaged" in l]
+  assert len(warned) == 1 and "step 20" in warned[0] and (
+      "restored step 14" in warned[0]), r.stderr[-3000:]
+  assert "shutting down" not in r.stderr and "Traceback" not in r.stderr
+  assert sorted(os.listdir(ckpts)) == ["14", "20", "20.damaged"]
+  assert os.path.getsize(ckpts / "20.damaged" / os.path.relpath(
+      big, ckpts / "20")) == cut  # moved aside as it was, not deleted
+  check_losses()
+
+
+def test_init_from_warm_starts_a_new_run(tmp_path, straight):
+  workdir, want, tok = straight
   warm = tmp_path / "warm"
-  _run_main(warm, *MICRO_FLAGS, tok, f"train.init_from={straight}")
-  assert _losses(warm)[1] < a[1] - 0.5, (_losses(warm)[1], a[1])
+  _run_main(warm, *MICRO_FLAGS, tok, f"train.init_from={workdir}")
+  assert _losses(warm)[1] < want[1] - 0.5, (_losses(warm)[1], want[1])
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(
