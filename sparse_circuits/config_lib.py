@@ -7,6 +7,7 @@ The configs/*.py files are thin: they call `base_config(size)` and override.
 import ml_collections
 
 from sparse_circuits import sites
+from sparse_circuits.errors import ConfigError
 
 SIZES = {
     # name: (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch,
@@ -20,8 +21,8 @@ SIZES = {
 def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   size, _, variant = arg.partition("_")
   if size not in SIZES or variant not in ("", "dense"):
-    raise ValueError(f"unknown config argument {arg!r}: want one of "
-                     f"{sorted(SIZES)} optionally with _dense")
+    raise ConfigError(f"unknown config argument {arg!r}: want one of "
+                      f"{sorted(SIZES)} optionally with _dense")
   (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch, steps, pfrac,
    ef) = SIZES[size]
   dense = variant == "dense"
@@ -48,8 +49,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # "stdlib" = the running interpreter's standard library; "site-packages" =
   # the installed packages; anything else is a directory, glob, .jsonl or
-  # .parquet path.
-  c.data.sources = ["stdlib"]
+  # .parquet path. A tuple, so the command line can set it:
+  # --config.data.sources=/my/code or '("/my/code", "stdlib")'.
+  c.data.sources = ("stdlib",)
   c.data.text_field = "text"      # .jsonl field / .parquet column
   c.data.max_file_bytes = 1_000_000
   c.data.eval_fraction = 0.01
@@ -157,11 +159,12 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
 def _require(cond, field, msg):
   if not cond:
-    raise ValueError(f"config.{field}: {msg}")
+    raise ConfigError(f"config.{field}: {msg}")
 
 
 def validate(c) -> None:
-  """Raises ValueError naming the first wrong field; cheap (no compilation)."""
+  """Raises ConfigError (a ValueError) naming the first wrong field; cheap
+  (no compilation)."""
   from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   m = c.model
@@ -191,6 +194,9 @@ def validate(c) -> None:
   _require(t.eval_every > 0, "train.eval_every", "must be positive")
   _require(c.opt.lr > 0, "opt.lr", "must be positive")
   _require(len(c.data.sources) > 0, "data.sources", "names no source")
+  _require(all(isinstance(x, str) and x for x in c.data.sources),
+           "data.sources", f"must be non-empty strings, got "
+           f"{tuple(c.data.sources)!r}")
   s = c.sparsity
   _require(s.expansion_factor > 0, "sparsity.expansion_factor",
            "must be positive")

@@ -10,11 +10,13 @@ order so every machine sees the same stream):
   x.parquet        one document per row, column `config.data.text_field`
                    (needs pyarrow, which we do not depend on)
 
-A bad input never stops the run: binary (NUL bytes), empty, oversized and
+A bad file never stops the run: binary (NUL bytes), empty, oversized and
 unreadable files, exact duplicates and malformed records are skipped, text
-that is not UTF-8 (e.g. latin-1) is decoded with replacement characters, and
-every case is counted in `Corpus.stats`. A missing source is a config error
-and does raise.
+that is not UTF-8 (e.g. latin-1) is decoded with replacement characters (a
+few such files sit in the standard library's tests), and every case is
+counted in `Corpus.stats` (and so in data_summary.json). A bad source does
+stop it, naming the source: one that does not exist or matches no file is a
+ConfigError, one whose files yield no text at all a DataError.
 
 The held-out split is a hash of the document's name (source label + relative
 path), so it is stable across machines, runs and corpus growth.
@@ -28,6 +30,10 @@ import json
 import os
 import sysconfig
 from typing import Iterator
+
+from sparse_circuits.errors import ConfigError
+from sparse_circuits.errors import DataError
+from sparse_circuits.errors import MissingDependencyError
 
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
@@ -92,7 +98,12 @@ def _resolve(source: str) -> list[_Input]:
     found = {i for root in roots for i in _walk_py(root, "site-packages")}
     return sorted(found, key=lambda i: (i.name, i.path))
   if os.path.isdir(source):
-    return _walk_py(source, source.rstrip("/"))
+    found = _walk_py(source, source.rstrip("/"))
+    if not found:
+      raise DataError(f"config.data.sources: directory {source!r} holds no "
+                      ".py file", hint="name other files with a glob, e.g. "
+                      f"'{source.rstrip('/')}/**/*.txt'")
+    return found
   if os.path.isfile(source):
     return [_Input(source, source, _kind(source))]
   if any(c in source for c in "*?["):
@@ -100,8 +111,8 @@ def _resolve(source: str) -> list[_Input]:
                    if os.path.isfile(p))
     if paths:
       return [_Input(p, p, _kind(p)) for p in paths]
-  raise ValueError(f"config.data.sources: {source!r} is not 'stdlib', "
-                   "'site-packages', a directory, a file or a matching glob")
+  raise ConfigError(f"config.data.sources: {source!r} is not 'stdlib', "
+                    "'site-packages', a directory, a file or a matching glob")
 
 
 def _is_heldout(name: str, fraction: float) -> bool:
@@ -118,7 +129,8 @@ class Corpus:
     self.max_file_bytes = int(data_config.max_file_bytes)
     self.max_corpus_bytes = int(data_config.max_corpus_bytes)
     self.eval_fraction = float(data_config.eval_fraction)
-    self.inputs = [i for s in self.sources for i in _resolve(s)]
+    self._by_source = [(s, _resolve(s)) for s in self.sources]
+    self.inputs = [i for _, inputs in self._by_source for i in inputs]
     self.stats = Stats()
 
   def fingerprint(self) -> str:
@@ -138,25 +150,34 @@ class Corpus:
     """Yields the kept documents; refills `self.stats` on every pass."""
     self.stats = stats = Stats()
     seen = set()
-    for name, text in self._raw():
-      encoded = text.encode("utf-8")
-      reason = self._reject(text, encoded)
-      if reason is None:
-        digest = hashlib.sha256(encoded).digest()
-        reason = "duplicate" if digest in seen else None
-        seen.add(digest)
-      if reason:
-        stats.skipped[reason] += 1
-        continue
-      if self.max_corpus_bytes and (
-          stats.bytes + len(encoded) > self.max_corpus_bytes):
-        stats.capped = True
-        return
-      heldout = _is_heldout(name, self.eval_fraction)
-      stats.files += 1
-      stats.heldout_files += heldout
-      stats.bytes += len(encoded)
-      yield Document(name, text, heldout)
+    for source, inputs in self._by_source:
+      has_text, before = False, collections.Counter(stats.skipped)
+      for name, text in self._raw(inputs):
+        encoded = text.encode("utf-8")
+        reason = self._reject(text, encoded)
+        has_text = has_text or reason is None
+        if reason is None:
+          digest = hashlib.sha256(encoded).digest()
+          reason = "duplicate" if digest in seen else None
+          seen.add(digest)
+        if reason:
+          stats.skipped[reason] += 1
+          continue
+        if self.max_corpus_bytes and (
+            stats.bytes + len(encoded) > self.max_corpus_bytes):
+          stats.capped = True
+          return
+        heldout = _is_heldout(name, self.eval_fraction)
+        stats.files += 1
+        stats.heldout_files += heldout
+        stats.bytes += len(encoded)
+        yield Document(name, text, heldout)
+      if not has_text:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(
+            (stats.skipped - before).items())) or "nothing"
+        raise DataError(
+            f"config.data.sources: {source!r} yields no text: none of its "
+            f"{len(inputs)} file(s) holds any (skipped: {skipped})")
 
   def _reject(self, text: str, encoded: bytes) -> str | None:
     if not text.strip():
@@ -174,9 +195,9 @@ class Corpus:
       self.stats.decoded_with_replacement += 1
       return data.decode("utf-8", errors="replace")
 
-  def _raw(self) -> Iterator[tuple[str, str]]:
+  def _raw(self, inputs) -> Iterator[tuple[str, str]]:
     """(name, text) of every document before the checks, unreadable skipped."""
-    for i in self.inputs:
+    for i in inputs:
       try:
         if i.kind == "code":
           size = os.path.getsize(i.path)
@@ -216,13 +237,13 @@ class Corpus:
     try:
       import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ImportError(f"reading {i.path} needs pyarrow: "
-                        "`pip install pyarrow`") from e
+      raise MissingDependencyError(f"reading {i.path} needs pyarrow: "
+                                   "`pip install pyarrow`") from e
     f = pq.ParquetFile(i.path)
     if self.text_field not in f.schema_arrow.names:
-      raise ValueError(f"{i.path} has no column {self.text_field!r} "
-                       f"(config.data.text_field); it has "
-                       f"{f.schema_arrow.names}")
+      raise DataError(f"{i.path} has no column {self.text_field!r} "
+                      f"(config.data.text_field); it has "
+                      f"{f.schema_arrow.names}")
     n = 0
     for batch in f.iter_batches(columns=[self.text_field]):
       for text in batch.column(0).to_pylist():

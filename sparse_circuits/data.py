@@ -40,6 +40,7 @@ import tqdm
 from sparse_circuits import corpus as corpus_lib
 from sparse_circuits import reporting
 from sparse_circuits import tokenizer as tokenizer_lib
+from sparse_circuits.errors import DataError
 
 _log = reporting.get(__name__)
 
@@ -165,7 +166,7 @@ def prepare(config, workdir, reuse: bool = False) -> DataInfo:
   if reuse and old and train_path.exists():
     tok_dir = old["tokenizer_dir"]
     if tokenizer_lib.load(tok_dir).sha256 != old["tokenizer_sha256"]:
-      raise ValueError(f"{tok_dir} changed since this run's data was built")
+      raise DataError(f"{tok_dir} changed since this run's data was built")
     return DataInfo(tok_dir, str(train_path), str(eval_path),
                     dict(old["summary"], rebuilt=False))
   corpus = corpus_lib.Corpus(config.data)
@@ -188,8 +189,8 @@ def prepare(config, workdir, reuse: bool = False) -> DataInfo:
     tok = tokenizer_lib.load(tok_dir)
     forced = old.get("summary", {}).get("forced_merges")
   if tok.vocab_size != config.model.vocab_size:
-    raise ValueError(f"{tok_dir} has {tok.vocab_size} ids but "
-                     f"config.model.vocab_size is {config.model.vocab_size}")
+    raise DataError(f"{tok_dir} has {tok.vocab_size} ids but "
+                    f"config.model.vocab_size is {config.model.vocab_size}")
 
   key = {"format": _FORMAT, "corpus_fingerprint": fingerprint,
          "tokenizer_recipe": recipe, "tokenizer_sha256": tok.sha256}
@@ -283,9 +284,9 @@ class _TrainBatches:
     # With an offset in [0, length) the last window must still fit.
     self.n_windows = (tokens.size - length + 1) // length
     if self.n_windows < batch * count:
-      raise ValueError(f"the train split has {tokens.size} tokens: fewer than "
-                       f"{batch * count} windows of {length} (one global "
-                       "batch)")
+      raise DataError(f"the train split has {tokens.size} tokens: fewer than "
+                      f"{batch * count} windows of {length} (one global "
+                      "batch)")
     self._epochs = {}
 
   def __len__(self):
@@ -323,8 +324,8 @@ def train_iterator(config, info: DataInfo, process_index: int | None = None,
     process_index, process_count = jax.process_index(), jax.process_count()
   batch = config.train.batch_size
   if batch % process_count:
-    raise ValueError(f"train.batch_size {batch} is not divisible by the "
-                     f"{process_count} processes")
+    raise DataError(f"train.batch_size {batch} is not divisible by the "
+                    f"{process_count} processes")
   tokens = _Tokens(info.train_path, config.data.in_memory_max_bytes)
   source = _TrainBatches(tokens, config.model.block_size + 1,
                          batch // process_count, config.data.seed,
@@ -360,9 +361,9 @@ def eval_batches(config, info: DataInfo, num_batches: int) -> list[np.ndarray]:
   tokens = _read_all(info.eval_path)
   n = len(tokens) // length
   if n == 0:
-    raise ValueError(f"the held-out split has {len(tokens)} tokens, fewer "
-                     f"than one window of {length}: raise "
-                     "config.data.eval_fraction")
+    raise DataError(f"the held-out split has {len(tokens)} tokens, fewer "
+                    f"than one window of {length}: raise "
+                    "config.data.eval_fraction")
   windows = tokens[:n * length].reshape(n, length).astype(np.int32)
   order = np.arange(num_batches * batch) % n
   return list(windows[order].reshape(num_batches, batch, length))

@@ -56,6 +56,7 @@ import numpy as np
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
+from sparse_circuits.errors import InteropError, MissingDependencyError
 
 _log = reporting.get(__name__)
 
@@ -94,15 +95,11 @@ STRUCTURAL_EXTRAS = {"bigram_table_rank": None, "unembed_rank": None,
 _ATTN_MASK_RE = re.compile(r"^transformer\.h\.\d+\.attn\.bias$")
 
 
-class InteropError(ValueError):
-  """A file in the authors' format that we cannot convert faithfully."""
-
-
 def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(
+    raise MissingDependencyError(
         "reading or writing the authors' final_model.pt needs PyTorch, which "
         "is an optional dependency: pip install -e '.[interop]'") from e
   return torch

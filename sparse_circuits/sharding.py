@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sparse_circuits import sparsity
+from sparse_circuits.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -23,18 +24,18 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = list(mesh_cfg.shape)
   if len(shape) != 3:
-    raise ValueError(f"mesh.shape={tuple(shape)} must have 3 entries {AXES}")
+    raise ConfigError(f"mesh.shape={tuple(shape)} must have 3 entries {AXES}")
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh.shape={tuple(shape)}: at most one -1")
+    raise ConfigError(f"mesh.shape={tuple(shape)}: at most one -1")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"mesh.shape={tuple(shape)} does not divide "
-                       f"{len(devices)} devices")
+      raise ConfigError(f"mesh.shape={tuple(shape)} does not divide "
+                        f"{len(devices)} devices")
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
-    raise ValueError(f"mesh.shape={tuple(shape)} needs {math.prod(shape)} "
-                     f"devices, have {len(devices)}")
+    raise ConfigError(f"mesh.shape={tuple(shape)} needs {math.prod(shape)} "
+                      f"devices, have {len(devices)}")
   return Mesh(np.array(devices).reshape(shape), AXES)
 
 
@@ -50,7 +51,7 @@ def spec_for(path: str, shape, rules, mesh: Mesh) -> P:
         size = math.prod(mesh.shape[a] for a in
                          (axis if isinstance(axis, tuple) else (axis,)))
         if n % size:
-          raise ValueError(
+          raise ConfigError(
               f"mesh axis {axis!r} of size {size} does not divide dim {dim} "
               f"(= {n}) of {path}; change mesh.shape or mesh.rules")
       return P(*entries)

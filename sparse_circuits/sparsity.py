@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparse_circuits.errors import ConfigError
+
 # (parameter path regex, kind, axis reduced to find each neuron's top entries
 # or None). kind "hidden" keeps pfrac/ef**2, "embed" keeps pfrac/ef.
 # c_fc/c_attn kernels are [in, out]: a neuron's or q/k/v channel's inputs are
@@ -115,7 +117,7 @@ def make_plan(abstract_params, schedule: Schedule,
         if axis is not None:
           n_vec = leaf.shape[1 - axis]
           if min_per_neuron * n_vec > k:
-            raise ValueError(
+            raise ConfigError(
                 f"sparsity.pfrac={schedule.pfrac} keeps k={k} of {p} "
                 f"{tuple(leaf.shape)}, fewer than sparsity.min_per_neuron="
                 f"{min_per_neuron} x {n_vec} neurons/channels; raise "

@@ -36,6 +36,7 @@ import numpy as np
 
 from sparse_circuits import model as model_lib
 from sparse_circuits import tokenizer as tokenizer_lib
+from sparse_circuits.errors import ConfigError, TaskFileError
 
 
 @dataclasses.dataclass
@@ -701,16 +702,16 @@ def build_all(config, tok, names=None) -> dict[str, Task]:
       clash = sorted((set(loaded) & set(user)) | (set(loaded) &
                                                   set(TASK_NAMES)))
       if clash:
-        raise ValueError(f"{path}: task names {clash} are already taken by "
-                         "a built-in task or another user task file")
+        raise TaskFileError(f"{path}: task names {clash} are already taken "
+                            "by a built-in task or another user task file")
       user.update(loaded)
   if names is None:
     names = tuple(t.get("names", ())) or list(TASK_NAMES) + list(user)
   names = list(names)
   unknown = [n for n in names if n not in _GENERATORS and n not in user]
   if unknown:
-    raise ValueError(f"unknown tasks {unknown}; known: "
-                     f"{list(TASK_NAMES) + list(user)}")
+    raise ConfigError(f"unknown tasks {unknown}; known: "
+                      f"{list(TASK_NAMES) + list(user)}")
   return {n: user[n] if n in user else build(
       n, tok, n_train=t.n_train, n_test=t.n_test, seed=t.seed,
       max_len=max_len) for n in names}
@@ -725,27 +726,32 @@ def _read_user_rows(path: str, tok) -> dict[str, list[tuple[int, dict]]]:
   default = p.name.split(".")[0]
   tasks: dict[str, list[tuple[int, dict]]] = {}
   seen = set()
-  for lineno, line in enumerate(p.read_text().splitlines(), 1):
+  try:
+    text = p.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise TaskFileError(f"config.tasks.user_tasks: cannot read {path} ({e})"
+                        ) from None
+  for lineno, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     where = f"{path}:{lineno}"
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: not a JSON object ({e})") from None
+      raise TaskFileError(f"{where}: not a JSON object ({e})") from None
     if not isinstance(row, dict):
-      raise ValueError(f"{where}: not a JSON object")
+      raise TaskFileError(f"{where}: not a JSON object")
     bad = [k for k in ("prompt", "target", "alternative")
            if not isinstance(row.get(k), str) or not row[k]]
     if bad:
-      raise ValueError(f"{where}: needs non-empty strings {bad} (a row is "
-                       '{"prompt", "target", "alternative"[, "task"]})')
+      raise TaskFileError(f"{where}: needs non-empty strings {bad} (a row is "
+                          '{"prompt", "target", "alternative"[, "task"]})')
     name = str(row.get("task") or default)
     for key in ("target", "alternative"):
       _candidate_id(tok, name, row[key], f" ({where}, {key})")
     if row["target"] == row["alternative"]:
-      raise ValueError(f"{where}: task {name!r}: target and alternative are "
-                       f"both {row['target']!r}")
+      raise TaskFileError(f"{where}: task {name!r}: target and alternative "
+                          f"are both {row['target']!r}")
     ids = tok.encode(row["prompt"])
     if tok.encode(row["prompt"] + row["target"]) != ids + [
         tok.single_token(row["target"])]:
@@ -758,7 +764,7 @@ def _read_user_rows(path: str, tok) -> dict[str, list[tuple[int, dict]]]:
       seen.add(key)
       tasks.setdefault(name, []).append((lineno, row))
   if not tasks:
-    raise ValueError(f"{path}: no rows")
+    raise TaskFileError(f"{path}: no rows")
   return tasks
 
 
@@ -786,8 +792,9 @@ def load_user_tasks(path: str, tok, *, n_test_frac: float = 0.2,
         groups.append([r])
         i += 1
     if len(groups) < 2:
-      raise ValueError(f"{path}: task {name!r} has {len(rows)} rows; it needs "
-                       "at least two (pairs) to have train and test examples")
+      raise TaskFileError(f"{path}: task {name!r} has {len(rows)} rows; it "
+                          "needs at least two (pairs) to have train and test "
+                          "examples")
     order = _rng(seed, name, "user").permutation(len(groups))
     n_test = min(max(1, round(n_test_frac * len(groups))), len(groups) - 1)
     test = [groups[k] for k in order[:n_test]]
