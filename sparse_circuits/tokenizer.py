@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 import regex
 import tiktoken
 
+from sparse_circuits.errors import DataError
+
 # method.md §3: the authors' pre-tokenisation pattern. A token never crosses a
 # pre-token boundary, so every required string must be one pre-token.
 PATTERN = (r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
@@ -219,8 +221,10 @@ def _fit_merges(learned: list[tuple[bytes, bytes]], required: Sequence[bytes],
       merges.append((a, b))
       vocab.add(a + b)
   if len(merges) != n_merges:
-    raise ValueError(f"the corpus yields only {len(merges)} BPE merges, "
-                     f"{n_merges} are needed: train on more text")
+    raise DataError(f"the corpus yields only {len(merges)} BPE merges, "
+                    f"{n_merges} are needed: train on more text",
+                    hint="add sources (e.g. 'stdlib') or reuse a tokenizer "
+                    "with data.tokenizer_dir")
   return merges, len(extra)
 
 
