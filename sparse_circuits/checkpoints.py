@@ -76,13 +76,19 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None):
   mngr.save(step, args=ocp.args.Composite(**items))
 
 
-def latest_step(workdir: str):
-  """The newest finalized checkpoint's step, or None (Orbax writes into a
+def all_steps(workdir: str) -> list[int]:
+  """The finalized checkpoints' steps, oldest first (Orbax writes into a
   temporary name and renames when done, so a crash mid-save leaves none)."""
   if not os.path.isdir(ckpt_dir(workdir)):
-    return None
+    return []
   with manager(workdir, async_save=False, create=False) as mngr:
-    return mngr.latest_step()
+    return sorted(mngr.all_steps())
+
+
+def latest_step(workdir: str):
+  """The newest finalized checkpoint's step, or None."""
+  steps = all_steps(workdir)
+  return steps[-1] if steps else None
 
 
 def _why(e: BaseException) -> str:

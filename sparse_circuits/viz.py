@@ -251,10 +251,9 @@ def write_run_index(workdir: str | os.PathLike) -> str:
   if not wd.is_dir():
     raise FileNotFoundError(f"run index: workdir {wd} does not exist")
   esc = html.escape
-  ckpt_dir = wd / "checkpoints"
-  steps = sorted(int(p.name) for p in
-                 (ckpt_dir.iterdir() if ckpt_dir.is_dir() else [])
-                 if p.is_dir() and p.name.isdigit())
+  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt_dir = checkpoints.ckpt_dir(str(wd))
+  steps = checkpoints.all_steps(str(wd))
   metrics = read_metrics(wd / "metrics.jsonl")
 
   rows = []
