@@ -22,13 +22,15 @@ import os
 import sys
 from typing import Any, Callable
 
-from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from sparse_circuits import distributed
+from sparse_circuits import reporting
 from sparse_circuits.errors import CheckpointError
+
+_log = reporting.get(__name__)
 
 DAMAGED_SUFFIX = ".damaged"
 
@@ -171,7 +173,7 @@ def restore_newest(mngr, restore_step: Callable[[int], Any],
       continue
     for bad, reason in failed if jax.process_index() == 0 else ():
       dest = _move_aside(mngr.directory, bad)
-      logging.warning("checkpoint step %d in %s is damaged (%s): restored "
+      _log.warning("checkpoint step %d in %s is damaged (%s): restored "
                       "step %d instead and moved the damaged one to %s",
                       bad, mngr.directory, reason, s, dest)
     if failed:

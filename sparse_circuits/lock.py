@@ -20,11 +20,13 @@ import os
 import socket
 import time
 
-from absl import logging
 import jax
 
 from sparse_circuits import distributed
+from sparse_circuits import reporting
 from sparse_circuits.errors import WorkdirLockedError
+
+_log = reporting.get(__name__)
 
 LOCK_FILE = "LOCK"
 
@@ -91,7 +93,7 @@ def acquire(workdir: str) -> int:
                     and _alive(int(owner.get("pid", -1)))):
       os.close(fd)
       _refuse(path, owner)
-    logging.warning("%s: taking over the lock of %s, which is no longer "
+    _log.warning("%s: taking over the lock of %s, which is no longer "
                     "running", path, _describe(owner))
   os.ftruncate(fd, 0)
   os.lseek(fd, 0, os.SEEK_SET)

@@ -1,4 +1,4 @@
-"""Stopping training cleanly on SIGTERM or SIGINT: finish the step, save, exit 0.
+"""Stopping training cleanly on SIGTERM or SIGINT: finish the step, save.
 
 Clusters preempt jobs (TPU pods under maintenance, spot GPUs, SLURM's time
 limit) with SIGTERM and a grace period; Ctrl-C sends SIGINT. Without a

@@ -52,20 +52,20 @@ def _truncate_largest(directory):
 
 
 @pytest.fixture
-def absl_warnings(caplog):
-  caplog.set_level(logging.WARNING, logger="absl")
+def damaged_warnings(caplog):
+  caplog.set_level(logging.WARNING, logger="sparse_circuits")
   return lambda: [r.getMessage() for r in caplog.records
                   if r.levelno == logging.WARNING and "damaged" in
                   r.getMessage()]
 
 
 def test_restore_walks_back_past_a_damaged_step_and_moves_it_aside(
-    tmp_path, absl_warnings):
+    tmp_path, damaged_warnings):
   _save_steps(tmp_path, (20, 40, 60))
   _truncate_largest(tmp_path / "checkpoints" / "60" / "params")
   params, step = checkpoints.restore_params(str(tmp_path), ABSTRACT)
   assert step == 40 and float(params["w"][0, 0]) == 40.0
-  (line,) = absl_warnings()
+  (line,) = damaged_warnings()
   assert "step 60" in line and "restored step 40" in line, line
   assert "OUT_OF_RANGE" in line or "Error" in line, line  # says why
   assert sorted(os.listdir(tmp_path / "checkpoints")) == [
@@ -78,12 +78,12 @@ def test_restore_walks_back_past_a_damaged_step_and_moves_it_aside(
   assert "20" in os.listdir(tmp_path / "checkpoints")
 
 
-def test_config_falls_back_past_an_unreadable_meta(tmp_path, absl_warnings):
+def test_config_falls_back_past_an_unreadable_meta(tmp_path, damaged_warnings):
   _save_steps(tmp_path, (10, 20))
   with open(tmp_path / "checkpoints" / "20" / "meta" / "metadata", "w") as f:
     f.write('{"step": 20, "conf')
   assert checkpoints.load_config(str(tmp_path)).tag == 10
-  assert len(absl_warnings()) == 1
+  assert len(damaged_warnings()) == 1
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20.damaged"]
 
 
@@ -136,7 +136,7 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(
   # A stale lock of a dead process on this host: taken over, with a warning.
   dead = _dead_pid()
   _write_lock(tmp_path, socket.gethostname(), dead)
-  caplog.set_level(logging.WARNING, logger="absl")
+  caplog.set_level(logging.WARNING, logger="sparse_circuits")
   with lock.workdir_lock(str(tmp_path)):
     pass
   assert any(f"process {dead}" in r.getMessage() and "taking over" in
