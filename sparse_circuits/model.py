@@ -196,7 +196,7 @@ class GPT(nnx.Module):
       self.bigram_table = nnx.Param(
           jax.random.uniform(rngs.params(), (V, V), jnp.float32, 0.0, 0.02))
 
-  def __call__(self, tokens_BxL, cfg, sites, last_only=False):
+  def __call__(self, tokens_BxL, cfg, sites, last_only=False, read_at=None):
     L = tokens_BxL.shape[1]
     x_BxLxD = self.wte(tokens_BxL)
     if cfg.pos_emb:
@@ -204,7 +204,11 @@ class GPT(nnx.Module):
     for i in range(cfg.n_layer):
       x_BxLxD = getattr(self, f"h_{i}")(x_BxLxD, cfg, sites, i)
     x_BxLxD = sites("final_resid", x_BxLxD)
-    if last_only:  # tasks read one position: skip the other unembeddings
+    if read_at is not None:  # one position per row: skip the others
+      at_Bx1 = jnp.asarray(read_at, jnp.int32)[:, None]
+      x_BxLxD = jnp.take_along_axis(x_BxLxD, at_Bx1[..., None], axis=1)
+      tokens_BxL = jnp.take_along_axis(tokens_BxL, at_Bx1, axis=1)
+    elif last_only:
       x_BxLxD, tokens_BxL = x_BxLxD[:, -1:], tokens_BxL[:, -1:]
     logits_BxLxV = self.lm_head(self.ln_f(x_BxLxD)).astype(jnp.float32)
     logits_BxLxV = logits_BxLxV + self.final_logits_bias[...]
@@ -232,15 +236,19 @@ def abstract_params(cfg: ModelConfig) -> dict:
 
 def forward(params: Mapping[str, Any], tokens_BxL, cfg: ModelConfig,
             interventions: Mapping[str, Mapping[str, Any]] | None = None,
-            capture: Sequence[str] = (), last_only: bool = False):
-  """Logits [B, L, V] (float32; [B, 1, V] with last_only) and a flat dict of
-  the captured sites."""
+            capture: Sequence[str] = (), last_only: bool = False,
+            read_at=None):
+  """Logits [B, L, V] (float32) and a flat dict of the captured sites.
+
+  `read_at` (int [B]) keeps only the logits at each row's own position,
+  [B, 1, V] (tasks read a right-padded prompt's last token); `last_only` is
+  read_at = L - 1 for every row."""
   if cfg.compute_dtype != "float32":
     dt = jnp.dtype(cfg.compute_dtype)
     params = jax.tree.map(lambda p: p.astype(dt), params)
   model = nnx.merge(_graphdef(cfg), nnx.State(params))
   sites = _Sites(cfg, interventions, capture)
-  logits = model(tokens_BxL, cfg, sites, last_only)
+  logits = model(tokens_BxL, cfg, sites, last_only, read_at)
   return logits, sites.acts
 
 
