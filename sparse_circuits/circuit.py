@@ -103,13 +103,6 @@ def nodes(cfg, kept, tau, means) -> list[dict]:
   return out
 
 
-def _trim(tokens, eot):
-  start = 0
-  while start < len(tokens) - 1 and tokens[start] == eot:
-    start += 1
-  return start
-
-
 def _capture(params, cfg, tokens, names):
   _, acts = jax.jit(lambda t: model_lib.forward(params, t, cfg,
                                                 capture=names))(
@@ -129,15 +122,15 @@ def annotate(node_recs, params, cfg, task, tok, heldout, evaluator, keep,
   data = task.test
   rows = list(range(min(2 * n_examples, len(data.target))))
   acts = _capture(params, cfg, data.tokens[rows], names)
-  starts = [_trim(list(data.tokens[r]), tok.eot_id) for r in rows]
+  ends = [int(data.last[r]) + 1 for r in rows]  # prompts are right-padded
   held = heldout[:, :-1][:32]
   hacts = _capture(params, cfg, held, names)
   base = evaluator.loss(keep)
   for n_i, rec in enumerate(node_recs):
     s, i = rec["site"], rec["index"]
     rec["example_acts"] = [
-        {"acts": acts[s][a, starts[a]:, i].round(4).tolist(),
-         "pair_acts": acts[s][a + 1, starts[a + 1]:, i].round(4).tolist()}
+        {"acts": acts[s][a, :ends[a], i].round(4).tolist(),
+         "pair_acts": acts[s][a + 1, :ends[a + 1], i].round(4).tolist()}
         for a in range(0, len(rows) - 1, 2)]
     h = hacts[s][..., i]
     top = np.argsort(-h.reshape(-1), kind="stable")[:n_snippets]
@@ -161,13 +154,12 @@ def _examples(task, tok, n=3):
   data = task.test
   out = []
   for a in range(0, min(2 * n, len(data.target)) - 1, 2):
-    s0, s1 = (_trim(list(data.tokens[r]), tok.eot_id) for r in (a, a + 1))
     out.append({
-        "prompt_tokens": [tok.token_str(int(t)) for t in data.tokens[a, s0:]],
+        "prompt_tokens": [tok.token_str(int(t)) for t in data.prompt(a)],
         "target": tok.token_str(int(data.target[a])),
         "alternative": tok.token_str(int(data.alternative[a])),
         "pair_prompt_tokens": [tok.token_str(int(t))
-                               for t in data.tokens[a + 1, s1:]],
+                               for t in data.prompt(a + 1)],
         "pair_target": tok.token_str(int(data.target[a + 1])),
         "pair_alternative": tok.token_str(int(data.alternative[a + 1]))})
   return out

@@ -52,19 +52,28 @@ def interventions(masks, means):
   return {s: {"mask": masks[s], "mean": means[s]} for s in masks}
 
 
-def last_logits(params, cfg, tokens, masks=None, means=None):
+def last_logits(params, cfg, tokens, masks=None, means=None, last=None):
+  """Logits at each row's last prompt position `last` [N] (right-padded task
+  prompts, `TaskData.last`); with last=None, at the final column."""
   iv = interventions(masks, means) if masks is not None else None
   logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv,
-                                last_only=True)
+                                last_only=last is None, read_at=last)
   return logits[:, -1]
 
 
 def logit_diff(params, cfg, data_tokens, target, alternative, masks=None,
-               means=None):
+               means=None, last=None):
   """d = logit[target] - logit[alternative] at the last position, [N]."""
-  lg = last_logits(params, cfg, data_tokens, masks, means)
+  lg = last_logits(params, cfg, data_tokens, masks, means, last)
   return (jnp.take_along_axis(lg, target[:, None], 1)[:, 0] -
           jnp.take_along_axis(lg, alternative[:, None], 1)[:, 0])
+
+
+def _last(data):
+  """The read positions of task data (`TaskData.last`); None for data
+  without them, read at the final column."""
+  last = getattr(data, "last", None)
+  return None if last is None else jnp.asarray(last, jnp.int32)
 
 
 # ---------------------------------------------------------------- means
@@ -123,13 +132,13 @@ def make_train_fn(params, cfg, means, pc, data):
   of the forward pass at compile time (seconds per compile)."""
   tx = _mask_tx(pc)
   consts = (params, means, jnp.asarray(data.tokens), jnp.asarray(data.target),
-            jnp.asarray(data.alternative))
+            jnp.asarray(data.alternative), _last(data))
 
   def loss_fn(tau, temperature, k_coef, idx, consts):
-    params, means, tokens, target, alt = consts
+    params, means, tokens, target, alt, last = consts
     masks = {s: hard_step(t, temperature) for s, t in tau.items()}
     d = logit_diff(params, cfg, tokens[idx], target[idx], alt[idx], masks,
-                   means)
+                   means, None if last is None else last[idx])
     task = jnp.mean(jax.nn.softplus(-d))
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + k_coef * n_on, (task, n_on)
@@ -191,12 +200,13 @@ class Evaluator:
   def __init__(self, params, cfg, means, data, sites, calibrate):
     self.sites, self.calibrate = sites, calibrate
     consts = (params, means, jnp.asarray(data.tokens),
-              jnp.asarray(data.target), jnp.asarray(data.alternative))
+              jnp.asarray(data.target), jnp.asarray(data.alternative),
+              _last(data))
 
     @jax.jit
     def losses(masks, consts):  # arguments, not constants: see make_train_fn
-      params, means, tokens, target, alt = consts
-      d = logit_diff(params, cfg, tokens, target, alt, masks, means)
+      params, means, tokens, target, alt, last = consts
+      d = logit_diff(params, cfg, tokens, target, alt, masks, means, last)
       raw = jnp.mean(jax.nn.softplus(-d))
       sign = jnp.where(target < alt, 1.0, -1.0)
       return raw, (_calibrated_loss(d, sign) if calibrate else raw)

@@ -42,11 +42,12 @@ REQUIRED_TOKENS: tuple[str, ...] = (
     " or", " return", "return", " None", "None", ",", ".", "(", "[", "{",
     " for", " if", " while", " def", " class", " from", "from", "import",
     "'\n", "\"\n", "')\n", "\")\n", "')", "\")",
-    # tasks.py candidates
+    # task_suite.py candidates
     ".append", " except", "(cls", ")\n", "}\n", "))\n", " ==", "':", "',",
     "\":", "\",", "   ", "       ", "           ", " name", " value", " size",
     " path", " data", " key", " mode", " text", " source", " count", " index",
-    " default", " filename", " stream")
+    " default", " filename", " stream", "=None", " {", "():\n", " enumerate",
+    " range", "r", "w")
 
 
 @functools.cache
