@@ -119,7 +119,8 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.tasks.n_train = 512
   c.tasks.n_test = 128
   c.tasks.user_tasks = ""          # path to a .jsonl of user tasks
-  c.tasks.names = ()               # tasks to build/evaluate; () = all + user
+  c.tasks.names = ()               # tasks to build/evaluate; () = suite + user
+  c.tasks.suite = "paper"          # "paper" (the paper's 20) or "all" (+ extras)
 
   c.prune = ml_collections.ConfigDict()
   c.prune.tasks = ("single_double_quote",)
@@ -207,6 +208,8 @@ def validate(c) -> None:
   _require(len(tuple(c.mesh.shape)) == 3, "mesh.shape",
            "needs 3 entries (data, fsdp, tensor)")
   _require(0 < c.prune.target_loss, "prune.target_loss", "must be positive")
+  _require(c.tasks.get("suite", "paper") in ("paper", "all"), "tasks.suite",
+           f"must be 'paper' or 'all', got {c.tasks.get('suite')!r}")
   if s.enabled:
     cfg = model_lib.ModelConfig.from_config(m)
     sparsity.make_plan(

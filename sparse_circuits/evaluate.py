@@ -1,11 +1,14 @@
-"""`--mode=eval`: held-out LM loss and every task's loss and accuracy.
+"""`--mode=eval`: held-out LM loss and each task's loss and accuracy.
 
 Restores the parameters of WORKDIR's latest checkpoint (`runs.load`): the
 model's shape, the data and the tokenizer come from the config stored in that
 checkpoint (so they always match the parameters); the task settings
 (`tasks.*`) and the number of held-out batches come from the config on the
 command line. Writes WORKDIR/eval_summary.json:
-  {"lm_loss": float, "step": int, "tasks": {name: {"loss", "accuracy", "n"}}}
+  {"lm_loss": float, "step": int, "tasks": {name: {"loss", "accuracy", "n"}},
+   "skipped": {name: reason}}
+with the paper's tasks first. A task whose candidates the run's tokenizer
+cannot compare (see tasks.py) is skipped with its reason; the others still run.
 """
 
 import json
@@ -13,25 +16,52 @@ import os
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from sparse_circuits import data
 from sparse_circuits import reporting
 from sparse_circuits import runs
 from sparse_circuits import sharding
+from sparse_circuits import task_suite
 from sparse_circuits import tasks as tasks_lib
 
 _log = reporting.get(__name__)
 
 
+def _paper_first(names) -> list[str]:
+  paper = [n for n in task_suite.PAPER_TASKS if n in names]
+  return paper + [n for n in names if n not in task_suite.PAPER_TASKS]
+
+
 def format_table(summary: dict) -> str:
-  rows = [f"{'task':<30} {'loss':>8} {'accuracy':>9} {'n':>6}"]
-  for name, r in summary["tasks"].items():
-    rows.append(f"{name:<30} {r['loss']:>8.4f} {100 * r['accuracy']:>8.1f}% "
-                f"{r['n']:>6}")
-  if summary["tasks"]:
-    acc = np.mean([r["accuracy"] for r in summary["tasks"].values()])
-    loss = np.mean([r["loss"] for r in summary["tasks"].values()])
-    rows.append(f"{'mean':<30} {loss:>8.4f} {100 * acc:>8.1f}%")
+  """Paper tasks first, then the others, each group with its mean; a `*`
+  marks a task a bigram model solves; skipped tasks with their reason."""
+  results = summary["tasks"]
+  rows = [f"{'task':<31} {'loss':>8} {'accuracy':>9} {'n':>6}"]
+  paper = [n for n in task_suite.PAPER_TASKS if n in results]
+  groups = (("paper tasks", paper),
+            ("other tasks", [n for n in results if n not in paper]))
+  for title, names in groups:
+    for name in names:
+      r = results[name]
+      gen = task_suite.GENERATORS.get(name)
+      mark = "*" if gen and not gen.bigram_proof else ""
+      rows.append(f"{name + mark:<31} {r['loss']:>8.4f} "
+                  f"{100 * r['accuracy']:>8.1f}% {r['n']:>6}")
+    if names:
+      acc = np.mean([results[n]["accuracy"] for n in names])
+      loss = np.mean([results[n]["loss"] for n in names])
+      rows.append(f"{f'mean of {len(names)} {title}':<31} {loss:>8.4f} "
+                  f"{100 * acc:>8.1f}%")
+  if paper:
+    good = sum(results[n]["accuracy"] >= 0.8 for n in paper)
+    rows.append(f"paper tasks at >= 80% accuracy: {good} of {len(paper)}")
+  if any(not g.bigram_proof for n, g in task_suite.GENERATORS.items()
+         if n in results):
+    rows.append("* the decisive token is the prompt's last one: a bigram "
+                "model solves it")
+  for name, reason in summary.get("skipped", {}).items():
+    rows.append(f"skipped {name}: {reason}")
   return "\n".join(rows)
 
 
@@ -48,9 +78,12 @@ def run(config, workdir: str) -> dict:
   """Evaluates WORKDIR's latest checkpoint; writes WORKDIR/eval_summary.json."""
   r = runs.load(workdir, overlay=config)
   lm = lm_loss(r, r.config.train.eval_batches)
-  results = {name: tasks_lib.evaluate_task(r.params, r.cfg, task.test)
-             for name, task in r.tasks().items()}
-  summary = {"lm_loss": lm, "step": r.step, "tasks": results}
+  built, skipped = tasks_lib.build_suite(r.config, r.tokenizer, n_train=0)
+  results = {}
+  for name in tqdm(_paper_first(list(built)), desc="tasks", leave=False):
+    results[name] = tasks_lib.evaluate_task(r.params, r.cfg, built[name].test)
+  summary = {"lm_loss": lm, "step": r.step, "tasks": results,
+             "skipped": skipped}
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval_summary.json")
     with open(path, "w") as f:
