@@ -1,9 +1,10 @@
-"""The task suite: generation, tokenization, splits, bigram-proofing, loss,
-user tasks and `--mode=eval` on a real checkpoint."""
+"""The task suite: generation, tokenization, right-padding, bigram-proofing,
+tokenizer robustness, user tasks, the README table and `--mode=eval`."""
 
 import dataclasses
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,14 +12,23 @@ import numpy as np
 import pytest
 
 from sparse_circuits import checkpoints
+from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import config_lib
 from sparse_circuits import model as model_lib
+from sparse_circuits import prune
+from sparse_circuits import task_suite
 from sparse_circuits import tasks
 from sparse_circuits import tokenizer as tokenizer_lib
 
 N_TRAIN, N_TEST, MAX_LEN = 48, 24, 128
-PUBLISHED = ("single_double_quote", "bracket_counting", "set_or_string",
-             "set_or_string_fixedvarname", "while_return_true")
+# The paper's Table 1, in its order.
+PAPER = ("single_double_quote", "final_kwarg", "set_or_string",
+         "set_or_string_fixedvarname", "class_init", "with_as",
+         "bracket_brace", "with_open", "bracket_counting", "for_while",
+         "else_elif", "fstring_brace", "if_ternary", "var_swap", "indent_for",
+         "lambda_func", "if_equals", "enumerate_range", "var_if",
+         "while_return_true")
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -29,36 +39,59 @@ def tok(tiny_data):
 @pytest.fixture(scope="module")
 def built(tok):
   return {n: tasks.build(n, tok, n_train=N_TRAIN, n_test=N_TEST, seed=0,
-                         max_len=MAX_LEN) for n in tasks.TASK_NAMES}
+                         max_len=MAX_LEN) for n in task_suite.TASK_NAMES}
 
 
 def _splits(task):
   return (("train", task.train), ("test", task.test))
 
 
-def test_suite_has_the_published_tasks_and_about_twenty():
-  assert set(PUBLISHED) <= set(tasks.TASK_NAMES)
-  assert len(tasks.TASK_NAMES) >= 20
-  assert len(set(tasks.TASK_NAMES)) == len(tasks.TASK_NAMES)
+def _random_cfg_params(**kw):
+  cfg = model_lib.ModelConfig(**{**dict(
+      n_layer=1, d_model=16, n_head=2, d_head=8, d_mlp=32,
+      block_size=MAX_LEN, afrac=0.25, sink=True), **kw})
+  params = model_lib.init_params(cfg, 3)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [  # off init: position embeddings matter
+      x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return cfg, params
 
 
-def test_shapes_and_dtypes(built, tok):
+def test_suites_hold_the_papers_twenty_tasks_then_the_extras():
+  assert task_suite.PAPER_TASKS == PAPER
+  assert task_suite.suite("paper") == PAPER
+  assert task_suite.suite("all")[:20] == PAPER
+  assert len(set(task_suite.TASK_NAMES)) == len(task_suite.TASK_NAMES) > 20
+  assert all(not task_suite.GENERATORS[n].paper
+             for n in task_suite.EXTRA_TASKS)
+  with pytest.raises(ValueError, match="unknown task suite"):
+    task_suite.suite("everything")
+  assert config_lib.base_config("tiny").tasks.suite == "paper"
+  bad = config_lib.base_config("tiny")
+  bad.tasks.suite = "most"
+  with pytest.raises(ValueError, match="tasks.suite"):
+    config_lib.validate(bad)
+
+
+def test_right_padded_rows_hold_the_prompt_at_positions_0_to_last(built, tok):
   for name, task in built.items():
     assert task.name == name and task.description
     for split, d, n in (("train", task.train, N_TRAIN),
                         ("test", task.test, N_TEST)):
-      assert d.tokens.dtype == np.int32 and d.tokens.ndim == 2, (name, split)
-      assert d.tokens.shape[0] == n == len(d.texts) == len(d), (name, split)
-      for a in (d.target, d.alternative, d.pair):
+      assert d.tokens.dtype == np.int32 and len(d.texts) == len(d) == n
+      for a in (d.target, d.alternative, d.pair, d.last):
         assert a.dtype == np.int32 and a.shape == (n,), (name, split)
       np.testing.assert_array_equal(d.pair, np.arange(n) // 2)
-      # Left-padded: each row is eot* then the prompt; no prompt token is eot.
-      assert np.all((d.tokens == tok.eot_id).sum(1) <
-                    d.tokens.shape[1]), (name, split)
+      assert d.last.max() == d.tokens.shape[1] - 1, (name, split)
+      for i, text in enumerate(d.texts):
+        ids = tok.encode(text)[-MAX_LEN:]
+        np.testing.assert_array_equal(d.prompt(i), ids, err_msg=name)
+        assert np.all(d.tokens[i, d.last[i] + 1:] == tok.eot_id)
 
 
 def test_deterministic_per_seed_and_seed_dependent(tok, built):
-  for name in tasks.TASK_NAMES:
+  for name in task_suite.TASK_NAMES:
     again = tasks.build(name, tok, n_train=N_TRAIN, n_test=N_TEST, seed=0,
                         max_len=MAX_LEN)
     other = tasks.build(name, tok, n_train=N_TRAIN, n_test=N_TEST, seed=1,
@@ -72,9 +105,10 @@ def test_deterministic_per_seed_and_seed_dependent(tok, built):
 
 
 def test_test_split_does_not_depend_on_n_train(tok, built):
-  t = tasks.build("set_or_string", tok, n_train=8, n_test=N_TEST, seed=0,
+  t = tasks.build("set_or_string", tok, n_train=0, n_test=N_TEST, seed=0,
                   max_len=MAX_LEN)
   assert t.test.texts == built["set_or_string"].test.texts
+  assert len(t.train) == 0
 
 
 def test_train_and_test_do_not_overlap(built):
@@ -96,15 +130,11 @@ def test_candidates_are_required_single_tokens(built, tok):
         assert s in required, f"{name}: candidate {s!r} not in REQUIRED_TOKENS"
 
 
-def test_prompt_plus_target_tokenizes_as_prompt_then_target(built, tok):
+def test_prompt_plus_candidate_tokenizes_as_prompt_then_candidate(built, tok):
   for name, task in built.items():
     for _, d in _splits(task):
       for i, text in enumerate(d.texts):
         ids = tok.encode(text)
-        row = d.tokens[i]
-        n = min(len(ids), len(row))
-        np.testing.assert_array_equal(row[len(row) - n:], ids[-n:])
-        assert np.all(row[:len(row) - n] == tok.eot_id)
         for cand in (d.target[i], d.alternative[i]):
           assert tok.encode(text + tok.token_str(cand)) == ids + [cand], (
               name, text, tok.token_str(cand))
@@ -112,22 +142,24 @@ def test_prompt_plus_target_tokenizes_as_prompt_then_target(built, tok):
 
 def test_pairs_share_the_last_token_and_swap_candidates(built):
   for name, task in built.items():
+    bigram_proof = task_suite.GENERATORS[name].bigram_proof
     for split, d in _splits(task):
-      assert np.all(d.tokens[0::2, -1] == d.tokens[1::2, -1]), (name, split)
+      last = d.tokens[np.arange(len(d)), d.last]
+      # else_elif is flagged: its decisive token (else / elif) is the last.
+      assert np.all(last[0::2] == last[1::2]) == bigram_proof, (name, split)
       np.testing.assert_array_equal(d.target[0::2], d.alternative[1::2])
       np.testing.assert_array_equal(d.target[1::2], d.alternative[0::2])
       assert np.all(d.target != d.alternative), (name, split)
       assert all(a != b for a, b in zip(d.texts[0::2], d.texts[1::2]))
 
 
-def test_left_truncation_keeps_the_end(tok):
-  full = tasks.build("bracket_counting", tok, n_train=4, n_test=4, seed=0,
-                     max_len=MAX_LEN)
-  short = tasks.build("bracket_counting", tok, n_train=4, n_test=4, seed=0,
-                      max_len=8)
-  assert short.train.tokens.shape[1] == 8
-  assert full.train.tokens.shape[1] > 8
-  np.testing.assert_array_equal(short.train.tokens, full.train.tokens[:, -8:])
+def test_truncation_keeps_the_last_max_len_tokens(tok, built):
+  full = built["bracket_counting"].train
+  short = tasks.build("bracket_counting", tok, n_train=N_TRAIN, n_test=N_TEST,
+                      seed=0, max_len=8).train
+  assert short.tokens.shape[1] == 8 and full.tokens.shape[1] > 8
+  for i in range(len(full)):
+    np.testing.assert_array_equal(short.prompt(i), full.prompt(i)[-8:])
 
 
 def test_bigram_only_model_scores_exactly_chance(built, tok):
@@ -139,73 +171,107 @@ def test_bigram_only_model_scores_exactly_chance(built, tok):
   params = jax.tree.map(jnp.zeros_like, model_lib.init_params(cfg, 0))
   params["bigram_table"] = jax.random.normal(jax.random.key(0), (2048, 2048))
   for name, task in built.items():
+    if not task_suite.GENERATORS[name].bigram_proof:
+      continue
     for split, d in _splits(task):
-      # More left padding changes nothing for this model; one shape, one jit.
-      pad = np.full((len(d), MAX_LEN - d.tokens.shape[1]), tok.eot_id,
-                    np.int32)
-      d = dataclasses.replace(d, tokens=np.concatenate([pad, d.tokens], 1))
       r = tasks.evaluate_task(params, cfg, d, batch_size=N_TEST)
       assert r["accuracy"] == 0.5, (name, split, r)
       assert r["n"] == len(d) and math.isfinite(r["loss"])
 
 
-def test_binary_loss_matches_numpy():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(37, 50)).astype(np.float32) * 3
-  target = rng.integers(0, 50, 37)
-  alt = (target + rng.integers(1, 50, 37)) % 50
-  d = logits[np.arange(37), target] - logits[np.arange(37), alt]
-  ref_loss = np.mean(np.log1p(np.exp(-d.astype(np.float64))))
-  ref_acc = np.mean(d > 0)
-  loss, acc = jax.jit(tasks.binary_loss)(logits, target, alt)
-  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-  np.testing.assert_allclose(acc, ref_acc)
-  np.testing.assert_allclose(tasks.per_example_loss(logits, target, alt),
-                             np.log1p(np.exp(-d.astype(np.float64))),
-                             rtol=1e-5, atol=1e-6)
-  # Large margins stay finite (softplus, not log(sigmoid)).
-  big = np.zeros((2, 4), np.float32)
-  big[0, 1], big[1, 2] = 1e4, 1e4
-  loss, acc = tasks.binary_loss(big, np.array([1, 1]), np.array([2, 2]))
-  assert np.isfinite(loss) and float(acc) == 0.5
-  np.testing.assert_allclose(loss, 5e3, rtol=1e-6)
+def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
+  """Right-padding is invisible: at each prompt's last position the logits
+  of the padded batch (model.forward read_at, the task loss and prune's
+  logit_diff) equal those of the prompt run alone, unpadded."""
+  cfg, params = _random_cfg_params()
+  d = built["while_return_true"].test
+  assert len(set(d.last.tolist())) > 3  # prompts of many lengths
+  want = np.stack([np.asarray(model_lib.forward(
+      params, d.prompt(i)[None], cfg)[0][0, -1]) for i in range(len(d))])
+  got, _ = model_lib.forward(params, d.tokens, cfg, read_at=d.last)
+  np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-5)
 
-
-def test_evaluate_task_agrees_with_forward_and_binary_loss(built):
-  cfg = model_lib.ModelConfig(n_layer=1, d_model=16, n_head=2, d_head=8,
-                              d_mlp=32, block_size=MAX_LEN, afrac=0.0)
-  params = model_lib.init_params(cfg, 3)
-  d = built["single_double_quote"].test
-  logits, _ = model_lib.forward(params, d.tokens, cfg)
-  loss, acc = tasks.binary_loss(logits[:, -1], d.target, d.alternative)
+  rows = np.arange(len(d))
+  diff = want[rows, d.target] - want[rows, d.alternative]
   r = tasks.evaluate_task(params, cfg, d, batch_size=7)  # wraps the last batch
-  np.testing.assert_allclose(r["loss"], loss, rtol=1e-5)
-  np.testing.assert_allclose(r["accuracy"], acc)
+  np.testing.assert_allclose(r["loss"], np.mean(np.logaddexp(0, -diff)),
+                             rtol=1e-5)
+  assert r["accuracy"] == np.mean(diff > 0)
+  sites = circuit_lib.node_sites(cfg)
+  ones = {s.name: jnp.ones((s.width,)) for s in sites}
+  means = {s.name: jnp.zeros((s.width,)) for s in sites}
+  np.testing.assert_allclose(
+      prune.logit_diff(params, cfg, jnp.asarray(d.tokens), d.target,
+                       d.alternative, ones, means, jnp.asarray(d.last)),
+      diff, rtol=1e-5, atol=1e-5)
 
 
-class _Without:
-  """A tokenizer that splits one string (as a tokenizer lacking it would)."""
+def test_circuit_examples_show_the_prompt_without_padding(built, tok):
+  task = built["bracket_counting"]
+  for k, ex in enumerate(circuit_lib._examples(task, tok)):  # pylint: disable=protected-access
+    assert "".join(ex["prompt_tokens"]) == task.test.texts[2 * k]
+    assert ex["target"] == tok.token_str(task.test.target[2 * k])
 
-  def __init__(self, tok, missing):
-    self._tok, self._missing = tok, missing
 
-  def single_token(self, s):
-    if s == self._missing:
-      raise ValueError(f"{s!r} is not a single token: it encodes to [...]")
-    return self._tok.single_token(s)
+class _Splitting:
+  """The tokenizer, except that some strings encode as given pieces (as in
+  a tokenizer that lacks them as single tokens)."""
+
+  def __init__(self, tok, splits):
+    self._tok, self._splits = tok, splits
+
+  def encode(self, s):
+    if s in self._splits:
+      return [self._tok.single_token(p) for p in self._splits[s]]
+    return self._tok.encode(s)
 
   def __getattr__(self, k):
     return getattr(self._tok, k)
 
 
-def test_build_names_the_task_and_a_multi_token_candidate(tok):
-  with pytest.raises(ValueError, match=r"task 'set_or_string'.*'\.add'"):
-    tasks.build("set_or_string", _Without(tok, ".add"), n_train=4, n_test=4,
-                seed=0, max_len=MAX_LEN)
+def test_a_candidate_that_is_not_one_token_is_compared_by_its_first(tok):
+  split = _Splitting(tok, {".add": [".", "add"]})
+  t = tasks.build("set_or_string", split, n_train=4, n_test=4, seed=0,
+                  max_len=MAX_LEN)
+  ids = {tok.single_token("."), tok.single_token(" +=")}
+  for d in (t.train, t.test):
+    assert set(d.target.tolist()) == ids == set(d.alternative.tolist())
+
+
+def test_a_task_whose_candidates_share_their_first_token_is_skipped(tok):
+  split = _Splitting(tok, {"]]\n": ["]", "]\n"], "]\n": ["]", "\n"]})
+  with pytest.raises(tasks.CandidateError,
+                     match=r"task 'bracket_counting'.*'\]\]\\n'.*'\]\\n'"):
+    tasks.build("bracket_counting", split, n_train=4, n_test=4, seed=0,
+                max_len=MAX_LEN)
+  config = config_lib.base_config("tiny")
+  config.tasks.n_train, config.tasks.n_test = 4, 4
+  config.tasks.names = ("bracket_counting", "set_or_string")
+  built_, skipped = tasks.build_suite(config, split)
+  assert list(built_) == ["set_or_string"]
+  assert list(skipped) == ["bracket_counting"] and "]]" in skipped[
+      "bracket_counting"]
+  with pytest.raises(tasks.CandidateError, match="bracket_counting"):
+    tasks.build_all(config, split)
+
+
+def test_build_checks_its_arguments(tok):
   with pytest.raises(ValueError, match="unknown task"):
     tasks.build("no_such_task", tok, n_train=4, n_test=4, seed=0, max_len=8)
   with pytest.raises(ValueError, match="even"):
     tasks.build("set_or_string", tok, n_train=3, n_test=4, seed=0, max_len=8)
+
+
+def test_readme_task_table_is_the_generated_one():
+  """Regenerate with `python -m sparse_circuits.task_suite --markdown`."""
+  text = README.read_text()
+  start = text.index("<!-- task table -->") + len("<!-- task table -->")
+  end = text.index("<!-- end task table -->")
+  assert text[start:end].strip() == task_suite.markdown_table(), (
+      "README's task table is stale: paste the output of `python -m "
+      "sparse_circuits.task_suite --markdown` between its markers")
+  assert task_suite.markdown_table().count("\n| `") == len(
+      task_suite.TASK_NAMES)
 
 
 def _write_jsonl(path, rows):
@@ -225,7 +291,7 @@ def _user_rows(n_pairs=10):
   return rows
 
 
-def test_user_tasks_load_and_split(tmp_path, tok):
+def test_user_tasks_load_split_and_right_pad(tmp_path, tok):
   rows = _user_rows() + [{"prompt": "for item", "target": " in",
                           "alternative": " =", "task": "user_for"}] * 2 + [
                               {"prompt": "for key", "target": " in",
@@ -236,9 +302,11 @@ def test_user_tasks_load_and_split(tmp_path, tok):
   t = loaded["my_quotes"]
   assert len(t.train) + len(t.test) == 20 and len(t.test) == 4  # 0.2 of pairs
   assert not set(t.train.texts) & set(t.test.texts)
-  for d in (t.train, t.test):  # pairs stay together
+  for d in (t.train, t.test):  # pairs stay together, prompts at 0..last
     np.testing.assert_array_equal(d.pair, np.arange(len(d)) // 2)
     np.testing.assert_array_equal(d.target[0::2], d.alternative[1::2])
+    for i, text in enumerate(d.texts):
+      np.testing.assert_array_equal(d.prompt(i), tok.encode(text))
   f = loaded["user_for"]
   assert not set(f.train.texts) & set(f.test.texts)
   assert set(f.train.texts) | set(f.test.texts) == {"for item", "for key"}
@@ -246,15 +314,20 @@ def test_user_tasks_load_and_split(tmp_path, tok):
   assert again["my_quotes"].test.texts == t.test.texts
 
 
-def test_user_task_with_multi_token_candidate_is_rejected(tmp_path, tok):
+def test_user_task_candidates_that_one_token_cannot_tell_apart(tmp_path, tok):
   rows = _user_rows(2)
   rows[2] = dict(rows[2], target=" definitely_not_one_token")
+  ok = tasks.load_user_tasks(_write_jsonl(tmp_path / "ok.jsonl", rows), tok,
+                             max_len=MAX_LEN)["ok"]
+  first = tok.encode(" definitely_not_one_token")[0]
+  assert first in np.concatenate([ok.train.target, ok.test.target])
+  rows[2] = dict(rows[2], alternative=" definitely_not_two_tokens")
   path = _write_jsonl(tmp_path / "bad.jsonl", rows)
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(tasks.CandidateError) as e:
     tasks.load_user_tasks(path, tok, max_len=MAX_LEN)
   msg = str(e.value)
   assert "bad.jsonl:3" in msg and "'bad'" in msg
-  assert "definitely_not_one_token" in msg and "not a single token" in msg
+  assert "definitely_not_one_token" in msg and "definitely_not_two" in msg
 
 
 def test_user_task_format_errors_name_the_line(tmp_path, tok):
@@ -268,20 +341,23 @@ def test_user_task_format_errors_name_the_line(tmp_path, tok):
     tasks.load_user_tasks(str(path), tok, max_len=MAX_LEN)
 
 
-def test_build_all_uses_config_and_user_tasks(tmp_path, tok):
+def test_build_suite_follows_suite_names_and_user_tasks(tmp_path, tok):
   config = config_lib.base_config("tiny")
   config.tasks.n_train, config.tasks.n_test = 4, 2
   config.model.block_size = 64
   config.tasks.user_tasks = _write_jsonl(tmp_path / "extra.jsonl",
                                          _user_rows(4))
   all_tasks = tasks.build_all(config, tok)
-  assert list(all_tasks) == list(tasks.TASK_NAMES) + ["extra"]
+  assert list(all_tasks) == list(PAPER) + ["extra"]
   assert all(t.train.tokens.shape[1] <= 64 for t in all_tasks.values())
   assert len(all_tasks["while_return_true"].test) == 2
+  config.tasks.suite = "all"
+  assert list(tasks.build_all(config, tok)) == list(
+      task_suite.TASK_NAMES) + ["extra"]
   some = tasks.build_all(config, tok, names=["extra", "bracket_counting"])
   assert list(some) == ["extra", "bracket_counting"]
-  config.tasks.names = ("for_in_or_assign",)
-  assert list(tasks.build_all(config, tok)) == ["for_in_or_assign"]
+  config.tasks.names = ("for_while",)
+  assert list(tasks.build_all(config, tok)) == ["for_while"]
   with pytest.raises(ValueError, match="unknown tasks"):
     tasks.build_all(config, tok, names=["nope"])
 
@@ -299,13 +375,11 @@ def _tiny_run_config(tokenizer_dir):
   c.data.eval_fraction = 0.2
   c.data.tokenizer_dir = tokenizer_dir
   c.tasks.n_train, c.tasks.n_test = 4, 6
-  # Each prompt length is one CPU compile (seconds): evaluate a few tasks.
-  c.tasks.names = ("single_double_quote", "bracket_counting",
-                   "for_in_or_assign")
   return c
 
 
-def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, caplog):
+def test_evaluate_run_reports_skipped_tasks_and_runs_the_rest(
+    tmp_path, tiny_data, caplog):
   from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   config = _tiny_run_config(tiny_data[1].tokenizer_dir)
@@ -314,17 +388,28 @@ def test_evaluate_run_on_a_trained_checkpoint(tmp_path, tiny_data, caplog):
     evaluate.run(config, workdir)
   train.run(config, workdir)
   config.tasks.n_test = 4  # eval takes tasks.* from the command line config
+  rows = [{"prompt": f"x = {i} +", "target": " definitely_not_one_token",
+           "alternative": " definitely_not_two_tokens"} for i in range(4)]
+  config.tasks.user_tasks = _write_jsonl(tmp_path / "multi.jsonl", rows)
+  # Extras listed before paper tasks: the summary still puts paper first.
+  config.tasks.names = ("list_or_int", "multi", "single_double_quote",
+                        "else_elif")
   with caplog.at_level("INFO", logger="sparse_circuits"):
     summary = evaluate.run(config, workdir)
   with open(tmp_path / "run" / "eval_summary.json") as f:
     written = json.load(f)
   assert written == summary
-  assert set(written) == {"lm_loss", "step", "tasks"}
+  assert set(written) == {"lm_loss", "step", "tasks", "skipped"}
   assert written["step"] == 3 and math.isfinite(written["lm_loss"])
-  assert list(written["tasks"]) == list(config.tasks.names)
+  assert list(written["tasks"]) == ["single_double_quote", "else_elif",
+                                    "list_or_int"]
   for name, r in written["tasks"].items():
     assert set(r) == {"loss", "accuracy", "n"}, name
     assert math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1, name
     assert r["n"] == 4, name
+  assert list(written["skipped"]) == ["multi"]
+  assert "definitely_not_one_token" in written["skipped"]["multi"]
   out = caplog.text
-  assert "single_double_quote" in out and "LM loss" in out
+  assert "LM loss" in out and "paper tasks at >= 80% accuracy" in out
+  assert out.index("single_double_quote") < out.index("list_or_int")
+  assert "else_elif*" in out and "skipped multi" in out
