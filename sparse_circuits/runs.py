@@ -226,12 +226,16 @@ class Run:
   # ---- tasks and circuits
 
   def tasks(self, names: Sequence[str] | None = None) -> dict:
-    """The task suite built with this run's tokenizer (config.tasks)."""
+    """The task suite built with this run's tokenizer (config.tasks); a task
+    whose candidates the tokenizer cannot compare is left out, with a
+    warning."""
     from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-    return tasks_lib.build_all(self.config, self.tokenizer, names=names)
+    return tasks_lib.build_suite(self.config, self.tokenizer, names=names)[0]
 
   def task(self, name: str):
-    return self.tasks([name])[name]
+    """One task; CandidateError says why if the tokenizer cannot build it."""
+    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    return tasks_lib.build_all(self.config, self.tokenizer, names=[name])[name]
 
   def evaluate(self, task, interventions=None, split: str = "test") -> dict:
     """{loss, accuracy, n} of a task (a Task or its name) on one split."""
