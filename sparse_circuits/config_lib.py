@@ -83,6 +83,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = steps
   c.train.batch_size = batch
+  # Split each step's batch into this many sequential microbatches (gradient
+  # accumulation inside the step): same update, 1/M of the activation memory.
+  c.train.microbatches = 1
   c.train.log_every = 10
   c.train.eval_every = 100
   c.train.eval_batches = 4
@@ -189,6 +192,11 @@ def validate(c) -> None:
   t = c.train
   _require(t.num_steps > 0, "train.num_steps", "must be positive")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")
+  micro = t.get("microbatches", 1)
+  _require(isinstance(micro, int) and micro >= 1 and
+           t.batch_size % micro == 0, "train.microbatches",
+           f"must be a positive integer dividing train.batch_size="
+           f"{t.batch_size}, got {micro!r}")
   _require(t.checkpoint_every > 0, "train.checkpoint_every",
            "must be positive")
   _require(t.eval_every > 0, "train.eval_every", "must be positive")
