@@ -45,6 +45,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.bigram_table = True
   c.model.pos_emb = True
   c.model.compute_dtype = "float32"  # or "bfloat16" (fp32 master weights)
+  # Recompute each block's forward in the backward: "none", "block" or
+  # "topk" (model.REMAT_POLICIES); less memory for more compute.
+  c.model.remat = "none"
 
   c.data = ml_collections.ConfigDict()
   # "stdlib" = the running interpreter's standard library; "site-packages" =
@@ -186,6 +189,9 @@ def validate(c) -> None:
              f"{m.afrac} keeps no channel of a width-{smallest} site")
   _require(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype",
            f"must be float32 or bfloat16, got {m.compute_dtype!r}")
+  _require(m.get("remat", "none") in model_lib.REMAT_POLICIES, "model.remat",
+           f"want one of {sorted(model_lib.REMAT_POLICIES)}, got "
+           f"{m.get('remat')!r}")
   _require(m.vocab_size == 2048 or c.data.tokenizer_dir, "model.vocab_size",
            "the built-in tokenizer has 2048 ids; set data.tokenizer_dir for "
            "another vocabulary")

@@ -17,6 +17,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
@@ -24,6 +25,16 @@ from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
+_TOPK = ("abs_topk_out", "abs_topk_mask")  # checkpoint names of AbsTopK
+# `model.remat`: what the backward keeps of each block's forward (the rest
+# it recomputes, jax.checkpoint per block). "block": only the block's input,
+# the least memory; "topk": also the AbsTopK outputs and masks, so the
+# backward recomputes matmuls, attention and norms but never a top-k.
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "topk": jax.checkpoint_policies.save_only_these_names(*_TOPK),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,7 @@ class ModelConfig:
   bigram_table: bool = True
   pos_emb: bool = True
   compute_dtype: str = "float32"
+  remat: str = "none"              # a key of REMAT_POLICIES
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
@@ -48,6 +60,11 @@ class ModelConfig:
     d["afrac_sites"] = tuple(d.get("afrac_sites", sites_lib.AFRAC_NAMES))
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}: want one of "
+                       f"{sorted(REMAT_POLICIES)}")
 
   def site_names(self) -> list[str]:
     """Every activation site in forward order."""
@@ -59,8 +76,8 @@ def abs_topk(x, k: int):
   lower index); the gradient flows to the kept ones."""
   if k >= x.shape[-1]:
     return x
-  return jnp.where(sparsity.topk_mask(jnp.abs(x), k), x,
-                   jnp.zeros((), x.dtype))
+  mask = checkpoint_name(sparsity.topk_mask(jnp.abs(x), k), _TOPK[1])
+  return checkpoint_name(jnp.where(mask, x, jnp.zeros((), x.dtype)), _TOPK[0])
 
 
 # site suffix ("attn.q") -> its activation-sparsity location ("attn_q")
@@ -70,11 +87,11 @@ _AFRAC_AT = {site: loc for loc, site in sites_lib.AFRAC_SITES.items()}
 class _Sites:
   """Activation sparsity, interventions and capture at named sites."""
 
-  def __init__(self, cfg, interventions, capture):
+  def __init__(self, cfg, interventions, capture, check=True):
     self.cfg, self.interventions = cfg, interventions or {}
     self.capture, self.acts = frozenset(capture), {}
     unknown = (set(self.interventions) | self.capture) - set(cfg.site_names())
-    if unknown:
+    if check and unknown:
       raise ValueError(f"unknown activation site(s) {sorted(unknown)}; "
                        f"known: {cfg.site_names()}")
 
@@ -202,7 +219,11 @@ class GPT(nnx.Module):
     if cfg.pos_emb:
       x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
     for i in range(cfg.n_layer):
-      x_BxLxD = getattr(self, f"h_{i}")(x_BxLxD, cfg, sites, i)
+      block = getattr(self, f"h_{i}")
+      if cfg.remat == "none":
+        x_BxLxD = block(x_BxLxD, cfg, sites, i)
+      else:
+        x_BxLxD = _remat_block(block, x_BxLxD, cfg, sites, i)
     x_BxLxD = sites("final_resid", x_BxLxD)
     if last_only:  # tasks read one position: skip the other unembeddings
       x_BxLxD, tokens_BxL = x_BxLxD[:, -1:], tokens_BxL[:, -1:]
@@ -211,6 +232,24 @@ class GPT(nnx.Module):
     if cfg.bigram_table:
       logits_BxLxV = logits_BxLxV + self.bigram_table[...][tokens_BxL]
     return logits_BxLxV
+
+
+def _remat_block(block, x_BxLxD, cfg, sites, i):
+  """Block i under jax.checkpoint; its captures come out as outputs (a
+  side effect inside the checkpoint would leak tracers)."""
+  graphdef, state = nnx.split(block)
+  mine = lambda name: name.startswith(f"{i}.")
+  capture = [n for n in sites.capture if mine(n)]
+
+  def run(state, x, interventions):
+    inner = _Sites(cfg, interventions, capture, check=False)
+    return nnx.merge(graphdef, state)(x, cfg, inner, i), inner.acts
+
+  interventions = {k: v for k, v in sites.interventions.items() if mine(k)}
+  x_BxLxD, acts = jax.checkpoint(run, policy=REMAT_POLICIES[cfg.remat])(
+      state, x_BxLxD, interventions)
+  sites.acts.update(acts)
+  return x_BxLxD
 
 
 def init_params(cfg: ModelConfig, seed: int) -> dict:

@@ -130,3 +130,56 @@ def test_bfloat16_compute_close_to_float32():
   b, _ = M.forward(params, _tokens(), cfg16)
   assert b.dtype == jnp.float32
   np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_remat_gives_the_same_gradients_and_captures():
+  """jax.checkpoint per block recomputes the forward in the backward: the
+  gradients, the logits and the captured sites (returned from inside the
+  checkpoint) must not change, with an intervention in place."""
+  params = _trained_like(M.init_params(dataclasses.replace(CFG, sink=True),
+                                       0))
+  toks = _tokens()
+  ivs = {"1.mlp.post_act": {"mask": jnp.arange(128) % 3 != 0,
+                            "mean": jnp.full((128,), 0.1)}}
+  capture = ("0.attn.q", "1.mlp.post_act", "final_resid")
+
+  def run(remat):
+    cfg = dataclasses.replace(CFG, sink=True, remat=remat)
+
+    def loss(p):
+      logits, acts = M.forward(p, toks, cfg, interventions=ivs,
+                               capture=capture)
+      return jnp.mean(logits ** 2) + jnp.mean(acts["0.attn.q"]), acts
+    return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+  want_g, want_acts = run("none")
+  for remat in ("block", "topk"):
+    g, acts = run(remat)
+    assert set(acts) == set(capture)
+    for name in capture:
+      np.testing.assert_allclose(acts[name], want_acts[name], rtol=1e-6,
+                                 atol=1e-6, err_msg=f"{remat} {name}")
+    for a, b in zip(jax.tree.leaves(want_g), jax.tree.leaves(g)):
+      np.testing.assert_allclose(b, a, rtol=1e-5,
+                                 atol=1e-6 * np.abs(a).max(), err_msg=remat)
+
+
+def test_remat_policies_differ_in_what_the_backward_recomputes():
+  """Counted in the compiled gradient: each AbsTopK is a bisection loop of
+  sparsity.topk_mask. "block" runs every one twice (forward, then again in
+  the backward), "topk" keeps their outputs and masks and runs each once,
+  as without remat."""
+  params = M.init_params(CFG, 0)
+
+  def loops(remat):
+    cfg = dataclasses.replace(CFG, remat=remat)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(M.forward(p, _tokens(),
+                                                        cfg)[0])))
+    return grad.lower(params).compile().as_text().count(" while(")
+
+  none = loops("none")
+  assert none > 0
+  assert loops("block") == 2 * none
+  assert loops("topk") == none
+  with pytest.raises(ValueError, match="model.remat"):
+    dataclasses.replace(CFG, remat="everything")
