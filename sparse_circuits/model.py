@@ -26,10 +26,9 @@ from sparse_circuits import sparsity
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
 _TOPK = ("abs_topk_out", "abs_topk_mask")  # checkpoint names of AbsTopK
-# `model.remat`: what the backward keeps of each block's forward (the rest
-# it recomputes, jax.checkpoint per block). "block": only the block's input,
-# the least memory; "topk": also the AbsTopK outputs and masks, so the
-# backward recomputes matmuls, attention and norms but never a top-k.
+# `model.remat`: what the backward keeps of each block's forward (jax.checkpoint
+# per block; it recomputes the rest). "block": only its input; "topk": also the
+# AbsTopK outputs and masks, so no top-k is recomputed (matmuls etc. are).
 REMAT_POLICIES = {
     "none": None,
     "block": jax.checkpoint_policies.nothing_saveable,
@@ -215,7 +214,8 @@ class GPT(nnx.Module):
 
   def __call__(self, tokens_BxL, cfg, sites, last_only=False):
     L = tokens_BxL.shape[1]
-    x_BxLxD = self.wte(tokens_BxL)
+    # nnx.Embed returns float32 whatever its table's dtype: cast it back.
+    x_BxLxD = self.wte(tokens_BxL).astype(cfg.compute_dtype)
     if cfg.pos_emb:
       x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
     for i in range(cfg.n_layer):

@@ -127,8 +127,11 @@ def test_bfloat16_compute_close_to_float32():
   cfg16 = dataclasses.replace(CFG, afrac=0.0, compute_dtype="bfloat16")
   cfg32 = dataclasses.replace(CFG, afrac=0.0)
   a, _ = M.forward(params, _tokens(), cfg32)
-  b, _ = M.forward(params, _tokens(), cfg16)
+  b, acts = M.forward(params, _tokens(), cfg16, capture=("0.resid_in",
+                                                         "final_resid"))
   assert b.dtype == jnp.float32
+  # The activations really are bfloat16 (half the memory), from the first.
+  assert {v.dtype for v in acts.values()} == {jnp.dtype(jnp.bfloat16)}
   np.testing.assert_allclose(a, b, atol=0.05)
 
 
