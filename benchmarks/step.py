@@ -13,7 +13,8 @@ Shares: weight top-k = `sparsity.project` of the real parameters timed
 alone / step; activation top-k = 1 - step(afrac = 0) / step; input pipeline
 = step fed from `data.train_iterator` / step on an in-memory batch - 1.
 
-`--topk` compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
+`--noshares` times the step alone (to compare configs quickly). `--topk`
+compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
 bisection of `sparsity.topk_mask` on the weight projection and on the
 activation rows of this config. `--prune` times mask training plus the k
 search for one task (`prune.prune_task`; a random model and a synthetic task
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_circuits import compile_check
 from sparse_circuits import flops
 from sparse_circuits import model as model_lib
 from sparse_circuits import runs
@@ -81,12 +83,12 @@ def matmul(device):
 
 
 class _Stepper:
-  """A config's jitted train step on one device, state threaded through."""
+  """A config's train step compiled for one device, state threaded through;
+  `memory` is XLA's estimate for it (compile_check's Report)."""
 
   def __init__(self, config, device):
     self.setup = train.make_setup(config, [device])
     self.params, self.opt = train.init_state(self.setup, config.seed)
-    self.step_fn = train.make_train_step(self.setup)
     plan = self.setup.plan
     # Time the steady state: after annealing, at the final k.
     self.step = jnp.int32(plan.schedule.end_step if plan else 0)
@@ -95,6 +97,11 @@ class _Stepper:
         rng.integers(0, config.model.vocab_size,
                      (config.train.batch_size, config.model.block_size + 1),
                      dtype=np.int32), self.setup.mesh)
+    start = time.perf_counter()
+    self.step_fn = train.make_train_step(self.setup).lower(
+        self.params, self.opt, self.step, self.batch).compile()
+    self.memory = compile_check.report_of("train step", self.step_fn,
+                                          time.perf_counter() - start)
 
   def run(self, k, batches=None):
     m = None
@@ -119,17 +126,19 @@ def _pipeline(config, workdir):
   return data.train_iterator(config, info, 0, 1)
 
 
-def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
-  """Figures of the train step; see the module docstring."""
+def train_bench(config, workdir=None, with_torch=False, rounds=7,
+                shares=True) -> dict:
+  """Figures of the train step; see the module docstring. Without
+  `shares`, only the step and the matmul ceiling are timed."""
   device = jax.devices()[0]
   on = _Stepper(config, device)
   contenders = {"step": on.run}
-  if config.model.afrac > 0:
+  if shares and config.model.afrac > 0:
     off_cfg = config.copy_and_resolve_references()
     off_cfg.model.afrac = 0.0
     off = _Stepper(off_cfg, device)
     contenders["step, afrac 0"] = off.run
-  if on.setup.plan is not None:
+  if shares and on.setup.plan is not None:
     plan, step = on.setup.plan, on.step
     project = jax.jit(lambda p: sparsity.project(p, plan, step))
 
@@ -139,8 +148,9 @@ def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
         out = project(on.params)
       jax.block_until_ready(out)
     contenders["weight top-k alone"] = run_project
-  it = _pipeline(config, workdir)
-  contenders["step, real data"] = lambda k: on.run(k, it)
+  if shares:
+    it = _pipeline(config, workdir)
+    contenders["step, real data"] = lambda k: on.run(k, it)
   torch_steps = {}
   if with_torch:
     from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
@@ -163,12 +173,15 @@ def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
              mfu=step_flops / t["step"] / ceiling,
              n_params=flops.param_count(on.setup.cfg),
              n_active=flops.param_count(on.setup.cfg, matmul_only=True),
-             flops_per_token=flops.model_flops_per_token(config))
+             flops_per_token=flops.model_flops_per_token(config),
+             step_memory_gb=on.memory.per_device_bytes / 1e9,
+             compile_s=on.memory.compile_seconds)
   if "weight top-k alone" in t:
     out["weight_topk_share"] = t["weight top-k alone"] / t["step"]
   if "step, afrac 0" in t:
     out["activation_topk_share"] = 1 - t["step, afrac 0"] / t["step"]
-  out["pipeline_overhead"] = t["step, real data"] / t["step"] - 1
+  if "step, real data" in t:
+    out["pipeline_overhead"] = t["step, real data"] / t["step"] - 1
   if torch_steps:
     best = min((t[k], k) for k in t if k.startswith("torch"))
     out["torch_tokens_per_s"] = tokens / best[0]
@@ -184,6 +197,11 @@ def format_train(config, r) -> str:
       f"parameters ({r['n_active'] / 1e6:.2f}M in matmuls), "
       f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, on "
       f"{r['device']}",
+      f"  {config.train.get('microbatches', 1)} microbatch(es), remat "
+      f"{config.model.get('remat', 'none')}, compute "
+      f"{config.model.compute_dtype}: train step needs "
+      f"{r['step_memory_gb']:.2f} GB (XLA's peak estimate), compiled in "
+      f"{r['compile_s']:.0f} s",
       f"{'':<34}{'ms/step':>10}{'tokens/s':>12}",
   ]
   for name, s in r["times"].items():
@@ -409,11 +427,12 @@ def format_prune(r) -> str:
 
 
 def run(config, workdir=None, *, with_torch=False, topk=False,
-        prune_too=True, rounds=7):
+        prune_too=True, rounds=7, shares=True):
   """The train figures (and the top-k and prune lines), printed."""
   if workdir and not os.path.isdir(workdir):
     workdir = None
-  r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds)
+  r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds,
+                  shares=shares)
   print(format_train(config, r), flush=True)
   out = {"train": r}
   if topk:
@@ -440,6 +459,10 @@ def main():
   prune_flag = flags.DEFINE_bool("prune", True, "Time pruning one task.")
   rounds_flag = flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds "
                                      "(each figure is their median).", 1)
+  shares_flag = flags.DEFINE_bool(
+      "shares", True, "Also time the step with afrac 0, the weight top-k "
+      "alone and the step on real data (the shares); --noshares times the "
+      "step alone.")
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "A run's workdir: its data feeds the pipeline figure "
       "and its checkpoint the prune figure (default: a small fresh corpus, a "
@@ -453,7 +476,7 @@ def main():
     config_lib.validate(cfg_flag.value)
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
         topk=topk_flag.value, prune_too=prune_flag.value,
-        rounds=rounds_flag.value)
+        rounds=rounds_flag.value, shares=shares_flag.value)
   app.run(_main)
 
 

@@ -99,7 +99,11 @@ def devices_for(config):
 def _compile(name, jitted, *abstract_args):
   start = time.perf_counter()
   compiled = jitted.lower(*abstract_args).compile()
-  seconds = time.perf_counter() - start
+  return report_of(name, compiled, time.perf_counter() - start)
+
+
+def report_of(name, compiled, seconds=0.0) -> Report:
+  """XLA's memory and cost analysis of a compiled program."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
