@@ -15,7 +15,7 @@ margin); BUILD.md ("One GPU") has what it printed and the measured step.
 from sparse_circuits import config_lib
 
 # (microbatches, remat) of the one-GPU variant.
-ONE_GPU = (4, "topk")
+ONE_GPU = (8, "topk")
 
 
 def get_config(arg: str = ""):

@@ -115,15 +115,20 @@ def report_of(name, compiled, seconds=0.0) -> Report:
                 float((cost or {}).get("flops", float("nan"))), seconds)
 
 
-def train_step_report(setup) -> Report:
+def train_step_args(setup) -> tuple:
+  """The train step's arguments as ShapeDtypeStructs with their shardings."""
   config = setup.config
   rep = sharding.replicated(setup.mesh)
   batch = jax.ShapeDtypeStruct(
       (config.train.batch_size, config.model.block_size + 1), jnp.int32,
       sharding=sharding.batch_sharding(setup.mesh))
+  return (setup.abstract_params, setup.abstract_opt_state,
+          jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), batch)
+
+
+def train_step_report(setup) -> Report:
   return _compile("train step", train.make_train_step(setup),
-                  setup.abstract_params, setup.abstract_opt_state,
-                  jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), batch)
+                  *train_step_args(setup))
 
 
 def prune_step_report(setup) -> Report:
