@@ -15,7 +15,7 @@
 #
 # Run from the repository root. Environment: PYTHON (python3), OUT (a
 # folder for the logs, /tmp/gpu_check), ROUNDS (3), VARIANTS ("4,topk
-# 2,topk 8,none"), BUDGET_S (380: no section starts later, and each is cut
+# 2,topk 1,block"), BUDGET_S (380: no section starts later, and each is cut
 # at it), WHEELS (a folder of .whl files installed first into /tmp/site, for
 # a machine without a package index). A quick try on CPU:
 #   PYTHON=.venv/bin/python VARIANTS=2,topk benchmarks/gpu_check.sh configs/tiny.py
@@ -24,7 +24,7 @@ CONFIG=${1:-configs/paper.py:1gpu}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_check}
 ROUNDS=${ROUNDS:-3}
-VARIANTS=${VARIANTS:-4,topk 2,topk 8,none}
+VARIANTS=${VARIANTS:-4,topk 2,topk 1,block}
 BUDGET_S=${BUDGET_S:-380}
 mkdir -p "$OUT"
 if [ -n "${WHEELS:-}" ]; then

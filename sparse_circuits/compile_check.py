@@ -232,6 +232,9 @@ def format_table(reports, limit, config, devices) -> str:
     rows.append(f"at {PEAK_SHARE:.0%} of the {kind} bf16 peak ({peak:g} "
                 f"TFLOP/s per device) a train step takes {1e3 * step_s:,.0f}"
                 f" ms: {tokens / step_s:,.0f} tokens/s")
+  if micro > 1 or config.model.get("remat", "none") != "none":
+    rows.append("(XLA's GFLOP count takes a loop body once: the train step's "
+                "is one microbatch's, with one layer's remat)")
   excess = reports[0].flops / per_device
   if excess > 1.5:
     rows.append(f"warning: XLA counts {excess:.1f}x the model FLOPs per "
