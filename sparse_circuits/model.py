@@ -235,12 +235,10 @@ class GPT(nnx.Module):
 
 
 def _remat_scan(blocks, x_BxLxD, cfg, sites):
-  """The blocks as one lax.scan over their stacked parameters, the body under
-  jax.checkpoint. A loop makes XLA recompute one block at a time in the
-  backward: with the blocks unrolled it scheduled all recomputations at once
-  and saved no memory (measured on CPU). Layer i's interventions are slice i
-  of stacked ones (identity where a layer has none); captures leave the
-  scan as outputs (a side effect inside it would leak tracers)."""
+  """The blocks as one lax.scan over their stacked parameters, its body under
+  jax.checkpoint: unrolled, XLA scheduled all recomputations at once and
+  saved no memory (measured on CPU). Interventions are stacked per layer
+  (identity where a layer has none); captures leave as scan outputs."""
   graphdef = nnx.split(blocks[0])[0]
   stacked = jax.tree.map(lambda *a: jnp.stack(a),
                          *[nnx.split(b)[1] for b in blocks])
@@ -249,16 +247,16 @@ def _remat_scan(blocks, x_BxLxD, cfg, sites):
     layer, _, site = name.partition(".")
     if layer.isdigit():
       per_site.setdefault(site, {})[int(layer)] = iv
-  ivs = {}
-  for site, by_layer in per_site.items():
-    ivs[site] = {}
-    for key, fill in (("mask", 1.0), ("mean", 0.0)):
-      shape = jnp.broadcast_shapes(*(jnp.shape(v[key])
-                                     for v in by_layer.values()))
-      ivs[site][key] = jnp.stack([
-          jnp.broadcast_to(jnp.asarray(by_layer[i][key], jnp.float32), shape)
-          if i in by_layer else jnp.full(shape, fill, jnp.float32)
-          for i in range(cfg.n_layer)])
+
+  def stack(by_layer, key, fill):
+    shape = jnp.broadcast_shapes(*(jnp.shape(v[key])
+                                   for v in by_layer.values()))
+    return jnp.stack([
+        jnp.broadcast_to(jnp.asarray(by_layer[i][key], jnp.float32), shape)
+        if i in by_layer else jnp.full(shape, fill, jnp.float32)
+        for i in range(cfg.n_layer)])
+  ivs = {site: {"mask": stack(b, "mask", 1.0), "mean": stack(b, "mean", 0.0)}
+         for site, b in per_site.items()}
   captured = {n.partition(".")[2] for n in sites.capture
               if n.partition(".")[0].isdigit()}
 
