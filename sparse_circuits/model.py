@@ -86,11 +86,11 @@ _AFRAC_AT = {site: loc for loc, site in sites_lib.AFRAC_SITES.items()}
 class _Sites:
   """Activation sparsity, interventions and capture at named sites."""
 
-  def __init__(self, cfg, interventions, capture, check=True):
+  def __init__(self, cfg, interventions, capture):
     self.cfg, self.interventions = cfg, interventions or {}
     self.capture, self.acts = frozenset(capture), {}
     unknown = (set(self.interventions) | self.capture) - set(cfg.site_names())
-    if check and unknown:
+    if unknown:
       raise ValueError(f"unknown activation site(s) {sorted(unknown)}; "
                        f"known: {cfg.site_names()}")
 
@@ -244,9 +244,9 @@ def _remat_scan(blocks, x_BxLxD, cfg, sites):
                          *[nnx.split(b)[1] for b in blocks])
   per_site = {}  # "attn.q" -> {layer: intervention}
   for name, iv in sites.interventions.items():
-    layer, _, site = name.partition(".")
-    if layer.isdigit():
-      per_site.setdefault(site, {})[int(layer)] = iv
+    layer, site = sites_lib.split(name)
+    if layer is not None:
+      per_site.setdefault(site, {})[layer] = iv
 
   def stack(by_layer, key, fill):
     shape = jnp.broadcast_shapes(*(jnp.shape(v[key])
@@ -257,22 +257,22 @@ def _remat_scan(blocks, x_BxLxD, cfg, sites):
         for i in range(cfg.n_layer)])
   ivs = {site: {"mask": stack(b, "mask", 1.0), "mean": stack(b, "mean", 0.0)}
          for site, b in per_site.items()}
-  captured = {n.partition(".")[2] for n in sites.capture
-              if n.partition(".")[0].isdigit()}
+  captured = {site for layer, site in map(sites_lib.split, sites.capture)
+              if layer is not None}
 
-  def body(x, layer):
+  def body(x, layer):  # traced once for all layers: it names them all 0
     state, layer_ivs = layer
-    inner = _Sites(cfg, {f"L.{k}": v for k, v in layer_ivs.items()},
-                   [f"L.{k}" for k in captured], check=False)
-    x = nnx.merge(graphdef, state)(x, cfg, inner, "L")
-    return x, {k[2:]: v for k, v in inner.acts.items()}
+    inner = _Sites(cfg, {f"0.{k}": v for k, v in layer_ivs.items()},
+                   [f"0.{k}" for k in captured])
+    x = nnx.merge(graphdef, state)(x, cfg, inner, 0)
+    return x, {sites_lib.split(k)[1]: v for k, v in inner.acts.items()}
 
   body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
   x_BxLxD, acts = jax.lax.scan(body, x_BxLxD, (stacked, ivs))
   for name in sites.capture:
-    layer, _, site = name.partition(".")
-    if layer.isdigit():
-      sites.acts[name] = acts[site][int(layer)]
+    layer, site = sites_lib.split(name)
+    if layer is not None:
+      sites.acts[name] = acts[site][layer]
   return x_BxLxD
 
 
