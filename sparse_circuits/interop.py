@@ -283,8 +283,8 @@ def _apply_facts(new, facts: Mapping[str, Any], model_fields: dict,
   for k, v in model.items():
     v = tuple(v) if isinstance(v, list) else v
     if k in model_fields and k != "pos_emb" and model_fields[k] != v:
-      logging.warning("%s says model.%s=%r but %s says %r: keeping the "
-                      "latter", where, k, v, CONFIG_FILE, model_fields[k])
+      _log.warning("%s says model.%s=%r but %s says %r: keeping the "
+                   "latter", where, k, v, CONFIG_FILE, model_fields[k])
   return ignored
 
 
@@ -574,8 +574,8 @@ def import_run(config, workdir: str):
   beeg = _normalize_beeg(raw)
   unknown = sorted(set(raw) - set(GPT_DEFAULTS) - {"n_mlp"})
   if unknown:
-    logging.warning("%s: ignoring keys GPTConfig does not know: %s",
-                    CONFIG_FILE, unknown)
+    _log.warning("%s: ignoring keys GPTConfig does not know: %s",
+                 CONFIG_FILE, unknown)
   facts_path = os.path.join(src, FACTS_FILE)
   facts = None
   if os.path.isfile(facts_path):
@@ -601,7 +601,7 @@ def import_run(config, workdir: str):
   if facts is not None:
     facts_ignored = _apply_facts(new, facts, model_fields, facts_path)
     if facts_ignored:
-      logging.warning("%s: ignoring keys %s", FACTS_FILE, facts_ignored)
+      _log.warning("%s: ignoring keys %s", FACTS_FILE, facts_ignored)
   with new.unlocked():
     new.model = ml_collections.ConfigDict(dict(model_fields, **{
         k: config.model[k] for k in RUN_CHOICES if k in config.model}))
