@@ -11,13 +11,13 @@ then fails above 70 GB per device (an H100's 80 GB with a margin).
 Temporaries of the train step as XLA:CPU compiles it for one device
 (`model.remat` recomputes blocks in the backward, see sparse_circuits/model.py):
 
-  microbatches, remat    8, none   4, topk   2, topk   1, block
-  temporaries (GB)         40.2      24.0      46.8      47.0
+  microbatches, remat    1, none   8, none   4, topk   2, topk   1, block
+  temporaries (GB)        310.1      40.2      24.0      46.8      47.0
 
-All fit; 8 x none is chosen because it recomputes nothing (remat adds the
-forward's matmuls, a third of the step's FLOPs) and 64 sequences of 256
-tokens still make large matrix products. The others suit smaller cards;
-benchmarks/gpu_check.sh times them side by side on a GPU.
+All but the first fit; 8 x none is chosen because it recomputes nothing
+(remat adds the forward's matmuls, a third of the step's FLOPs) and 64
+sequences of 256 tokens still make large matrix products. The others suit
+smaller cards; benchmarks/gpu_check.sh times them side by side on a GPU.
 """
 
 from sparse_circuits import config_lib
