@@ -4,7 +4,9 @@ configured mesh without running them, before spending pod time.
 Both steps are lowered from `jax.ShapeDtypeStruct`s carrying the run's
 shardings and compiled ahead of time; nothing is allocated or executed. It
 prints, per device, XLA's memory estimate (arguments, outputs, temporaries,
-peak) and FLOPs, and fails (exit status 1, a message on stderr) when
+peak) and FLOPs, the tokens per step and, on an accelerator whose peak
+`flops.PEAK_BF16_TFLOPS` knows, the step time those FLOPs take at 40% of
+it; and it fails (exit status 1, a message on stderr) when
 
   * the mesh does not divide the model or the batch (the message names the
     mesh axis and the parameter), or
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import circuit as circuit_lib
+from sparse_circuits import flops
 from sparse_circuits import prune
 from sparse_circuits import sharding
 from sparse_circuits import train
@@ -38,6 +41,9 @@ GB = 1e9
 # Prompt length the prune step is compiled for: the longest built-in task
 # prompt is 64 tokens (user tasks may be longer, up to model.block_size).
 PROMPT_LEN = 64
+# The utilisation the expected step time is quoted at: what a well-tuned
+# transformer step reaches on current accelerators.
+PEAK_SHARE = 0.4
 
 
 class CompileCheckError(RuntimeError):
@@ -93,7 +99,11 @@ def devices_for(config):
 def _compile(name, jitted, *abstract_args):
   start = time.perf_counter()
   compiled = jitted.lower(*abstract_args).compile()
-  seconds = time.perf_counter() - start
+  return report_of(name, compiled, time.perf_counter() - start)
+
+
+def report_of(name, compiled, seconds=0.0) -> Report:
+  """XLA's memory and cost analysis of a compiled program."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
@@ -105,15 +115,20 @@ def _compile(name, jitted, *abstract_args):
                 float((cost or {}).get("flops", float("nan"))), seconds)
 
 
-def train_step_report(setup) -> Report:
+def train_step_args(setup) -> tuple:
+  """The train step's arguments as ShapeDtypeStructs with their shardings."""
   config = setup.config
   rep = sharding.replicated(setup.mesh)
   batch = jax.ShapeDtypeStruct(
       (config.train.batch_size, config.model.block_size + 1), jnp.int32,
       sharding=sharding.batch_sharding(setup.mesh))
+  return (setup.abstract_params, setup.abstract_opt_state,
+          jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), batch)
+
+
+def train_step_report(setup) -> Report:
   return _compile("train step", train.make_train_step(setup),
-                  setup.abstract_params, setup.abstract_opt_state,
-                  jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), batch)
+                  *train_step_args(setup))
 
 
 def prune_step_report(setup) -> Report:
@@ -176,7 +191,7 @@ def check(config) -> list[Report]:
         f"{dict(setup.mesh.shape)}", flush=True)
   reports = [train_step_report(setup), prune_step_report(setup)]
   limit = memory_limit_bytes(config, devices)
-  print(format_table(reports, limit, config, len(devices)), flush=True)
+  print(format_table(reports, limit, config, devices), flush=True)
   over = [r for r in reports if r.per_device_bytes > limit]
   if over:
     raise CompileCheckError(
@@ -188,10 +203,11 @@ def check(config) -> list[Report]:
   return reports
 
 
-def format_table(reports, limit, config, n_devices) -> str:
-  from sparse_circuits import bench  # pylint: disable=g-import-not-at-top
-  tokens = config.train.batch_size * config.model.block_size
-  model_flops = bench.model_flops_per_token(config) * tokens
+def format_table(reports, limit, config, devices) -> str:
+  n_devices = len(devices)
+  t = config.train
+  tokens = t.batch_size * config.model.block_size
+  model_flops = flops.model_flops_per_token(config) * tokens
   lim = "none" if math.isinf(limit) else f"{limit / GB:.2f} GB"
   rows = [f"{'program':<26} {'args':>9} {'temp':>9} {'peak/live':>10} "
           f"{'GFLOP':>10} {'compile':>8}   (per device; limit {lim})"]
@@ -200,9 +216,25 @@ def format_table(reports, limit, config, n_devices) -> str:
                 f"{r.temp_bytes / GB:>7.3f}GB {r.per_device_bytes / GB:>8.3f}GB"
                 f" {r.flops / 1e9:>10.1f} {r.compile_seconds:>7.1f}s")
   per_device = model_flops / n_devices
+  micro = t.get("microbatches", 1)
+  rows.append(f"tokens per train step: {tokens:,} ({t.batch_size} x "
+              f"{config.model.block_size}, {micro} microbatch"
+              f"{'es' * (micro > 1)} of {t.batch_size // micro}; remat "
+              f"{config.model.get('remat', 'none')}, compute "
+              f"{config.model.compute_dtype})")
   rows.append(f"model FLOPs of one train step (6 N_active + attention, all "
               f"devices): {model_flops / 1e9:,.1f} GFLOP = "
               f"{per_device / 1e9:,.1f} GFLOP per device")
+  kind = devices[0].device_kind
+  peak = flops.peak_tflops(kind)
+  if peak is not None:
+    step_s = per_device / (PEAK_SHARE * peak * 1e12)
+    rows.append(f"at {PEAK_SHARE:.0%} of the {kind} bf16 peak ({peak:g} "
+                f"TFLOP/s per device) a train step takes {1e3 * step_s:,.0f}"
+                f" ms: {tokens / step_s:,.0f} tokens/s")
+  if micro > 1 or config.model.get("remat", "none") != "none":
+    rows.append("(XLA's GFLOP count takes a loop body once: the train step's "
+                "is one microbatch's, with one layer's remat)")
   excess = reports[0].flops / per_device
   if excess > 1.5:
     rows.append(f"warning: XLA counts {excess:.1f}x the model FLOPs per "

@@ -45,6 +45,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.bigram_table = True
   c.model.pos_emb = True
   c.model.compute_dtype = "float32"  # or "bfloat16" (fp32 master weights)
+  # Recompute each block's forward in the backward: "none", "block" or
+  # "topk" (model.REMAT_POLICIES); less memory for more compute.
+  c.model.remat = "none"
 
   c.data = ml_collections.ConfigDict()
   # "stdlib" = the running interpreter's standard library; "site-packages" =
@@ -83,6 +86,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = steps
   c.train.batch_size = batch
+  # Split each step's batch into this many sequential microbatches (gradient
+  # accumulation inside the step): same update, 1/M of the activation memory.
+  c.train.microbatches = 1
   c.train.log_every = 10
   c.train.eval_every = 100
   c.train.eval_batches = 4
@@ -184,12 +190,20 @@ def validate(c) -> None:
              f"{m.afrac} keeps no channel of a width-{smallest} site")
   _require(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype",
            f"must be float32 or bfloat16, got {m.compute_dtype!r}")
+  _require(m.get("remat", "none") in model_lib.REMAT_POLICIES, "model.remat",
+           f"want one of {sorted(model_lib.REMAT_POLICIES)}, got "
+           f"{m.get('remat')!r}")
   _require(m.vocab_size == 2048 or c.data.tokenizer_dir, "model.vocab_size",
            "the built-in tokenizer has 2048 ids; set data.tokenizer_dir for "
            "another vocabulary")
   t = c.train
   _require(t.num_steps > 0, "train.num_steps", "must be positive")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")
+  micro = t.get("microbatches", 1)
+  _require(isinstance(micro, int) and micro >= 1 and
+           t.batch_size % micro == 0, "train.microbatches",
+           f"must be a positive integer dividing train.batch_size="
+           f"{t.batch_size}, got {micro!r}")
   _require(t.checkpoint_every > 0, "train.checkpoint_every",
            "must be positive")
   _require(t.eval_every > 0, "train.eval_every", "must be positive")

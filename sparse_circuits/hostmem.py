@@ -4,7 +4,7 @@ XLA:CPU allocates its temporary buffers afresh on every execution. glibc
 gives large blocks from mmap or from per-thread arenas and hands them back
 to the kernel on free, so every train step page-faults its temporaries in
 again. One arena, no mmap and no trimming keep the pages mapped between
-steps: `python -m sparse_circuits.bench --config=configs/tiny.py --noprune`
+steps: `python -m benchmarks.step --config=configs/tiny.py --noprune`
 on 2 cores, twice each way in alternation, gave a 324-339 ms step against
 506-507 ms with SPARSE_CIRCUITS_MALLOC=default, and 0.38-0.43M page faults
 for the whole run against 2.5-2.8M (`/usr/bin/time`). The cost is that the

@@ -1,12 +1,17 @@
 """The authors' released checkpoint format (method.md §6): import and export.
 
 `--mode=import --config.interop.path=DIR` reads `DIR/beeg_config.json` and
-`DIR/final_model.pt` (and the tokenizer files `encoder.json` + `vocab.bpe` if
-DIR has them) and writes an ordinary Orbax checkpoint into
-WORKDIR/checkpoints/<step>/ whose `meta` holds a config every other mode
-(eval, prune, report) accepts. `--mode=export` writes
-WORKDIR/export/{beeg_config.json, final_model.pt} (+ tokenizer files) from the
-latest checkpoint, loadable by the authors' `load_model`.
+`DIR/final_model.pt` (and the tokenizer files `encoder.json` + `vocab.bpe`,
+and our `sparse_circuits.json`, if DIR has them) and writes an ordinary Orbax
+checkpoint into WORKDIR/checkpoints/<step>/ whose `meta` holds a config every
+other mode (eval, prune, report) accepts. `--mode=export` writes
+WORKDIR/export/{beeg_config.json, final_model.pt, sparse_circuits.json}
+(+ tokenizer files) from the latest checkpoint: beeg_config.json holds
+exactly the authors' GPTConfig fields (GPT_CONFIG_FIELDS), so their
+`load_model` accepts it, and the facts of our training run that GPTConfig
+has no field for (sparsity, optimizer, steps, the step reached, position
+embedding on/off) go to sparse_circuits.json beside it, which our import
+reads back.
 
 torch is needed only to read and write `.pt` files; it is imported lazily
 (`pip install -e '.[interop]'`). The conversions themselves are pure numpy:
@@ -37,12 +42,19 @@ circuit_sparsity/inference/gpt.py) this module relies on:
   flash=False each block also carries a causal-mask buffer `attn.bias`
   [1, 1, block, block] (harmless, dropped). With a non-learnable bigram
   table `bigram_table` is a (zero) buffer, still in the state dict.
-* Their `load_model` pops `bigram_table_rank` and `pfrac` unconditionally and
-  passes every other key to `GPTConfig(**...)`: an exported beeg_config.json
-  therefore holds exactly the GPTConfig fields plus those two.
+* Their current `load_model` passes the JSON (after renaming `n_mlp` and
+  setting `flash` and `grad_checkpointing`) to `GPTConfig(**fields)`, a
+  dataclass that refuses any key it does not know: an exported
+  beeg_config.json holds exactly the GPTConfig fields. (Earlier revisions
+  popped `bigram_table_rank` and `pfrac` without a default, so they need
+  those two keys; add `"bigram_table_rank": null, "pfrac": null` by hand for
+  such a loader.) Their released files carry such extra keys (`pfrac`,
+  `expansion_factor`, `bigram_table_rank`): on import, keys GPTConfig does
+  not know are ignored and logged.
 """
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -70,7 +82,8 @@ SITE_MAP = {s: s for s in sites_lib.AFRAC_NAMES}
 # Their sites with no counterpart in our model (after each residual add).
 UNSUPPORTED_SITES = ("resid_post_attn", "resid_post_mlp")
 
-# GPTConfig defaults, for fields a beeg_config.json may omit.
+# The published GPTConfig fields with their defaults (for fields a
+# beeg_config.json may omit): the one list of what an export may write.
 GPT_DEFAULTS = {
     "block_size": 1024, "vocab_size": 50304, "n_layer": 12, "n_head": 12,
     "d_head": None, "d_model": 768, "dropout": 0.0, "bias": True,
@@ -83,8 +96,14 @@ GPT_DEFAULTS = {
     "dropout_cat_pos_emb": False, "sinusoidal_cat_pos_emb": False,
     "enable_sparse_kernels": False, "flash": True, "sink": False,
 }
-# Keys their `load_model` pops before GPTConfig(**...): must be present.
-LOADER_POPPED = ("bigram_table_rank", "pfrac")
+GPT_CONFIG_FIELDS = tuple(GPT_DEFAULTS)
+# Our run's facts beside the export, and the config sections they hold.
+FACTS_FILE = "sparse_circuits.json"
+FACTS_SECTIONS = ("sparsity", "opt")
+FACTS_TRAIN = ("num_steps", "batch_size")
+# Model fields that say how to run a model, not what it is: an import takes
+# them from --config.
+RUN_CHOICES = ("compute_dtype", "remat")
 # Fields outside the published GPTConfig that change the network when set to
 # anything but this value: refused (they would change the key set or the
 # forward, and we cannot reproduce them).
@@ -188,13 +207,10 @@ def beeg_config_to_model(beeg: Mapping[str, Any]) -> dict:
       pos_emb=True)
 
 
-def model_to_beeg_config(model, *, pfrac=None,
+def model_to_beeg_config(model, *,
                          tokenizer_name: str = "tinypython_2k") -> dict:
-  """Our ModelConfig (or its fields as a mapping) -> a beeg_config dict.
-
-  Holds exactly the published GPTConfig fields plus the two keys the
-  authors' `load_model` pops (`bigram_table_rank`, `pfrac`).
-  """
+  """Our ModelConfig (or its fields as a mapping) -> a beeg_config dict
+  holding exactly GPT_CONFIG_FIELDS."""
   m = model if isinstance(model, Mapping) else {
       k: getattr(model, k) for k in ("n_layer", "d_model", "n_head", "d_head",
                                       "d_mlp", "block_size", "vocab_size",
@@ -217,9 +233,59 @@ def model_to_beeg_config(model, *, pfrac=None,
       enable_bigram_table=bool(m.get("bigram_table", True)),
       learnable_bigram_table=bool(m.get("bigram_table", True)),
       flash=True, sink=bool(m.get("sink", False)))
-  beeg["bigram_table_rank"] = None
-  beeg["pfrac"] = None if pfrac is None else float(pfrac)
   return beeg
+
+
+def run_facts(run_cfg, step: int) -> dict:
+  """What sparse_circuits.json holds: the step reached, the model section
+  and the training facts GPTConfig has no field for."""
+  def plain(v):
+    return list(v) if isinstance(v, tuple) else v
+  facts = {"step": int(step), "seed": run_cfg.get("seed", 0),
+           "model": {k: plain(v) for k, v in run_cfg.model.items()},
+           "train": {k: run_cfg.train[k] for k in FACTS_TRAIN
+                     if k in run_cfg.train}}
+  for section in FACTS_SECTIONS:
+    if section in run_cfg:
+      facts[section] = {k: plain(v) for k, v in run_cfg[section].items()}
+  return facts
+
+
+def _apply_facts(new, facts: Mapping[str, Any], model_fields: dict,
+                 where: str) -> list[str]:
+  """Puts sparse_circuits.json's facts into the config `new` (in place):
+  sparsity, opt and train.{num_steps, batch_size}, and the model fields
+  beeg_config.json cannot say (pos_emb). beeg_config.json describes the
+  network and wins where both speak. Returns the keys it ignored."""
+  ignored = [k for k in facts
+             if k not in ("step", "seed", "model", "train", *FACTS_SECTIONS)]
+
+  def put(section, values, prefix):
+    for k, v in values.items():
+      if k not in section:
+        ignored.append(f"{prefix}.{k}")
+        continue
+      section[k] = tuple(v) if isinstance(section[k], tuple) else v
+
+  with new.unlocked():
+    for name in FACTS_SECTIONS:
+      if isinstance(facts.get(name), Mapping):
+        put(new[name], facts[name], name)
+    train = {k: v for k, v in dict(facts.get("train", {})).items()}
+    put(new.train, train, "train")
+    if "seed" in facts:
+      new.seed = facts["seed"]
+  model = dict(facts.get("model", {}))
+  known = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
+  ignored += [f"model.{k}" for k in model if k not in known]
+  if "pos_emb" in model:
+    model_fields["pos_emb"] = bool(model["pos_emb"])
+  for k, v in model.items():
+    v = tuple(v) if isinstance(v, list) else v
+    if k in model_fields and k != "pos_emb" and model_fields[k] != v:
+      _log.warning("%s says model.%s=%r but %s says %r: keeping the "
+                   "latter", where, k, v, CONFIG_FILE, model_fields[k])
+  return ignored
 
 
 # ------------------------------------------------------------- weights
@@ -478,8 +544,9 @@ def import_run(config, workdir: str):
   """`--mode=import`: config.interop.path -> an Orbax checkpoint in workdir.
 
   The model block of the saved config comes from beeg_config.json (with
-  compute_dtype from `config`); everything else from `config`. Returns the
-  saved config.
+  RUN_CHOICES from `config`); sparsity, opt and train.{num_steps,
+  batch_size} from sparse_circuits.json when DIR has one; everything else
+  from `config`. Returns the saved config.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -507,10 +574,20 @@ def import_run(config, workdir: str):
   beeg = _normalize_beeg(raw)
   unknown = sorted(set(raw) - set(GPT_DEFAULTS) - {"n_mlp"})
   if unknown:
-    logging.info("%s: ignoring keys %s", CONFIG_FILE, unknown)
+    _log.warning("%s: ignoring keys GPTConfig does not know: %s",
+                 CONFIG_FILE, unknown)
+  facts_path = os.path.join(src, FACTS_FILE)
+  facts = None
+  if os.path.isfile(facts_path):
+    with open(facts_path) as f:
+      facts = json.load(f)
+    if not isinstance(facts, dict):
+      raise InteropError(f"{facts_path} is not a JSON object")
 
   where = os.path.join(src, WEIGHTS_FILE)
   sd, step = load_state_dict(where)
+  if facts is not None and step == 0:
+    step = int(facts.get("step", 0))
   if model_fields["sink"] and not beeg["flash"] and not any(
       k.endswith(".attn.attn_imp.sink_logit") for k in sd):
     # Their non-flash attention has no sink at all: such a model has none.
@@ -520,10 +597,14 @@ def import_run(config, workdir: str):
   sd = _adapt_their_options(sd, beeg, where)
 
   new = copy.deepcopy(config)
+  facts_ignored = []
+  if facts is not None:
+    facts_ignored = _apply_facts(new, facts, model_fields, facts_path)
+    if facts_ignored:
+      _log.warning("%s: ignoring keys %s", FACTS_FILE, facts_ignored)
   with new.unlocked():
-    new.model = ml_collections.ConfigDict(dict(
-        model_fields, compute_dtype=config.model.get("compute_dtype",
-                                                     "float32")))
+    new.model = ml_collections.ConfigDict(dict(model_fields, **{
+        k: config.model[k] for k in RUN_CHOICES if k in config.model}))
     if "interop" not in new:
       new.interop = ml_collections.ConfigDict()
     new.interop.path = src
@@ -561,7 +642,8 @@ def import_run(config, workdir: str):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "imported_from.json"), "w") as f:
       json.dump({"path": src, "step": step, "beeg_config": raw,
-                 "ignored_keys": unknown}, f, indent=1)
+                 "ignored_keys": unknown, "facts": facts,
+                 "ignored_facts": facts_ignored}, f, indent=1)
   logging.info("imported %s (step %d) into %s", src, step,
                checkpoints.ckpt_dir(workdir))
   _log.info(f"imported {src} (step {step}): {cfg.n_layer} layers, d_model "
@@ -596,10 +678,7 @@ def export_run(config, workdir: str) -> str:
       name = f"sparse_circuits_{tokenizer_lib.load(tok_src).sha256[:12]}"
     else:
       name = "sparse_circuits"
-  s = run_cfg.get("sparsity", {})
-  beeg = model_to_beeg_config(
-      cfg, pfrac=s.get("pfrac") if s.get("enabled", False) else None,
-      tokenizer_name=name)
+  beeg = model_to_beeg_config(cfg, tokenizer_name=name)
   if cfg.d_model % cfg.n_head:
     logging.warning("d_model=%d is not a multiple of n_head=%d: the authors' "
                     "GPTConfig asserts it is and will refuse this model",
@@ -609,6 +688,8 @@ def export_run(config, workdir: str) -> str:
     save_state_dict(sd, os.path.join(out, WEIGHTS_FILE))
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
       json.dump(beeg, f, indent=1)
+    with open(os.path.join(out, FACTS_FILE), "w") as f:
+      json.dump(run_facts(run_cfg, step), f, indent=1)
     if has_tok:
       for f in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(tok_src, f), os.path.join(out, f))

@@ -34,7 +34,6 @@ MODES = {
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",
     "compile_check": "sparse_circuits.compile_check:run",
-    "bench": "sparse_circuits.bench:run",
 }
 # What `--mode=all` runs, in order.
 PIPELINE = ("data", "train", "eval", "prune", "report")

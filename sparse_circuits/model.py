@@ -17,6 +17,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
@@ -24,6 +25,15 @@ from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
+_TOPK = ("abs_topk_out", "abs_topk_mask")  # checkpoint names of AbsTopK
+# `model.remat`: what the backward keeps of each block's forward (jax.checkpoint
+# per block; it recomputes the rest). "block": only its input; "topk": also the
+# AbsTopK outputs and masks, so no top-k is recomputed (matmuls etc. are).
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "topk": jax.checkpoint_policies.save_only_these_names(*_TOPK),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,7 @@ class ModelConfig:
   bigram_table: bool = True
   pos_emb: bool = True
   compute_dtype: str = "float32"
+  remat: str = "none"              # a key of REMAT_POLICIES
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
@@ -48,6 +59,11 @@ class ModelConfig:
     d["afrac_sites"] = tuple(d.get("afrac_sites", sites_lib.AFRAC_NAMES))
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}: want one of "
+                       f"{sorted(REMAT_POLICIES)}")
 
   def site_names(self) -> list[str]:
     """Every activation site in forward order."""
@@ -59,8 +75,8 @@ def abs_topk(x, k: int):
   lower index); the gradient flows to the kept ones."""
   if k >= x.shape[-1]:
     return x
-  return jnp.where(sparsity.topk_mask(jnp.abs(x), k), x,
-                   jnp.zeros((), x.dtype))
+  mask = checkpoint_name(sparsity.topk_mask(jnp.abs(x), k), _TOPK[1])
+  return checkpoint_name(jnp.where(mask, x, jnp.zeros((), x.dtype)), _TOPK[0])
 
 
 # site suffix ("attn.q") -> its activation-sparsity location ("attn_q")
@@ -198,11 +214,16 @@ class GPT(nnx.Module):
 
   def __call__(self, tokens_BxL, cfg, sites, last_only=False, read_at=None):
     L = tokens_BxL.shape[1]
-    x_BxLxD = self.wte(tokens_BxL)
+    # nnx.Embed returns float32 whatever its table's dtype: cast it back.
+    x_BxLxD = self.wte(tokens_BxL).astype(cfg.compute_dtype)
     if cfg.pos_emb:
       x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
-    for i in range(cfg.n_layer):
-      x_BxLxD = getattr(self, f"h_{i}")(x_BxLxD, cfg, sites, i)
+    blocks = [getattr(self, f"h_{i}") for i in range(cfg.n_layer)]
+    if cfg.remat == "none":
+      for i, block in enumerate(blocks):
+        x_BxLxD = block(x_BxLxD, cfg, sites, i)
+    else:
+      x_BxLxD = _remat_scan(blocks, x_BxLxD, cfg, sites)
     x_BxLxD = sites("final_resid", x_BxLxD)
     if read_at is not None:  # one position per row: skip the others
       at_Bx1 = jnp.asarray(read_at, jnp.int32)[:, None]
@@ -215,6 +236,48 @@ class GPT(nnx.Module):
     if cfg.bigram_table:
       logits_BxLxV = logits_BxLxV + self.bigram_table[...][tokens_BxL]
     return logits_BxLxV
+
+
+def _remat_scan(blocks, x_BxLxD, cfg, sites):
+  """The blocks as one lax.scan over their stacked parameters, its body under
+  jax.checkpoint: unrolled, XLA scheduled all recomputations at once and
+  saved no memory (measured on CPU). Interventions are stacked per layer
+  (identity where a layer has none); captures leave as scan outputs."""
+  graphdef = nnx.split(blocks[0])[0]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a),
+                         *[nnx.split(b)[1] for b in blocks])
+  per_site = {}  # "attn.q" -> {layer: intervention}
+  for name, iv in sites.interventions.items():
+    layer, site = sites_lib.split(name)
+    if layer is not None:
+      per_site.setdefault(site, {})[layer] = iv
+
+  def stack(by_layer, key, fill):
+    shape = jnp.broadcast_shapes(*(jnp.shape(v[key])
+                                   for v in by_layer.values()))
+    return jnp.stack([
+        jnp.broadcast_to(jnp.asarray(by_layer[i][key], jnp.float32), shape)
+        if i in by_layer else jnp.full(shape, fill, jnp.float32)
+        for i in range(cfg.n_layer)])
+  ivs = {site: {"mask": stack(b, "mask", 1.0), "mean": stack(b, "mean", 0.0)}
+         for site, b in per_site.items()}
+  captured = {site for layer, site in map(sites_lib.split, sites.capture)
+              if layer is not None}
+
+  def body(x, layer):  # traced once for all layers: it names them all 0
+    state, layer_ivs = layer
+    inner = _Sites(cfg, {f"0.{k}": v for k, v in layer_ivs.items()},
+                   [f"0.{k}" for k in captured])
+    x = nnx.merge(graphdef, state)(x, cfg, inner, 0)
+    return x, {sites_lib.split(k)[1]: v for k, v in inner.acts.items()}
+
+  body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
+  x_BxLxD, acts = jax.lax.scan(body, x_BxLxD, (stacked, ivs))
+  for name in sites.capture:
+    layer, site = sites_lib.split(name)
+    if layer is not None:
+      sites.acts[name] = acts[site][layer]
+  return x_BxLxD
 
 
 def init_params(cfg: ModelConfig, seed: int) -> dict:

@@ -168,7 +168,7 @@ def topk_mask(score, k):
   cumulative sum here partitioned quadratically, and XLA:CPU lowers it to a
   quadratic reduce-window even on one device). Measured on CPU: 12x faster
   than lax.top_k + scatter on the tiny model's matrices and 5-7x on its
-  activation rows (`python -m sparse_circuits.bench --topk`).
+  activation rows (`python -m benchmarks.step --topk`).
   """
   bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
   k = jnp.asarray(k, jnp.int32)

@@ -5,6 +5,7 @@ and reads the authors' state dict directly; it shares no code with
 sparse_circuits.model or sparse_circuits.interop.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,16 +26,8 @@ from sparse_circuits import sites as sites_lib  # pylint: disable=wrong-import-p
 from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 
 ALL8 = "attn_in,attn_out,mlp_in,mlp_out,mlp_neuron,attn_v,attn_k,attn_q"
-# The published GPTConfig fields, and the two keys their load_model pops.
-GPT_FIELDS = {
-    "block_size", "vocab_size", "n_layer", "n_head", "d_head", "d_model",
-    "dropout", "bias", "ln_bias", "rms_norm", "residual_activation_type",
-    "activation_type", "afrac", "afrac_loctypes", "debug_nans",
-    "tied_unembed", "tokenizer_name", "grad_checkpointing", "d_mlp",
-    "enable_bigram_table", "learnable_bigram_table", "d_pos_emb",
-    "dropout_cat_pos_emb", "sinusoidal_cat_pos_emb", "enable_sparse_kernels",
-    "flash", "sink"}
-POPPED = {"bigram_table_rank", "pfrac"}
+# Keys of the authors' released files that their GPTConfig does not know.
+NOT_GPTCONFIG = {"bigram_table_rank", "pfrac", "expansion_factor"}
 
 
 # ----------------------------------------------------------- helpers
@@ -255,11 +248,31 @@ def _random_params(cfg, seed):
       model_lib.abstract_params(cfg))
 
 
+def _authors_load_model_config(beeg):
+  """Their load_model's config step: GPTConfig(**json) after renaming n_mlp
+  and setting flash and grad_checkpointing; GPTConfig is a dataclass of
+  exactly GPT_CONFIG_FIELDS, so any other key raises TypeError."""
+  gpt_config = dataclasses.make_dataclass(
+      "GPTConfig", [(f, object, dataclasses.field(default=v))
+                    for f, v in interop.GPT_DEFAULTS.items()])
+  b = dict(beeg)
+  if "n_mlp" in b:
+    b["d_mlp"] = b.pop("n_mlp")
+  b.update(flash=False, grad_checkpointing=False)
+  return gpt_config(**b)
+
+
 def test_export_import_round_trips_bit_exactly(tmp_path):
   config = _config(n_layer=2, d_model=32, n_head=4, d_head=16, d_mlp=96,
                    block_size=16, vocab_size=64, afrac=0.25, sink=True,
-                   bigram_table=True, afrac_sites=("attn_in", "attn_q",
-                                                   "mlp_neuron"))
+                   bigram_table=True, pos_emb=False,
+                   afrac_sites=("attn_in", "attn_q", "mlp_neuron"))
+  # Training facts GPTConfig cannot hold: they travel in sparse_circuits.json.
+  config.seed = 7
+  config.sparsity.pfrac, config.sparsity.expansion_factor = 0.5, 2.0
+  config.sparsity.anneal_end = 0.4
+  config.opt.lr, config.opt.b2 = 3e-3, 0.99
+  config.train.num_steps, config.train.batch_size = 123, 16
   cfg = model_lib.ModelConfig.from_config(config.model)
   params = _random_params(cfg, 0)
   src = str(tmp_path / "ours")
@@ -273,7 +286,12 @@ def test_export_import_round_trips_bit_exactly(tmp_path):
                   weights_only=True)
   with open(os.path.join(out, "beeg_config.json")) as f:
     b = json.load(f)
-  assert set(b) == GPT_FIELDS | POPPED
+  # The authors' loader accepts it: only GPTConfig's fields, none of ours.
+  assert set(b) <= set(interop.GPT_CONFIG_FIELDS)
+  assert not NOT_GPTCONFIG & set(interop.GPT_CONFIG_FIELDS)
+  assert _authors_load_model_config(b).afrac == 0.25
+  with pytest.raises(TypeError, match="pfrac"):
+    _authors_load_model_config(dict(b, pfrac=0.5))
   assert b["afrac_loctypes"] == "attn_in,attn_q,mlp_neuron"
   expected = _keys_and_shapes(b)
   assert {k: tuple(v.shape) for k, v in sd.items()} == expected
@@ -281,13 +299,22 @@ def test_export_import_round_trips_bit_exactly(tmp_path):
   np.testing.assert_array_equal(  # torch layout [out, in]
       sd["transformer.h.1.attn.c_attn.weight"].numpy(),
       np.asarray(params["h_1"]["attn"]["c_attn"]["kernel"]).T)
+  with open(os.path.join(out, "sparse_circuits.json")) as f:
+    facts = json.load(f)
+  assert facts["step"] == 5 and facts["sparsity"]["pfrac"] == 0.5
 
-  config2 = _config()
+  config2 = _config()  # other sparsity, opt and train settings
   config2.interop.path = out
   work = str(tmp_path / "back")
   interop.import_run(config2, work)
-  cfg2, params2, _, run_cfg = _restore(work)
-  assert cfg2 == cfg
+  cfg2, params2, step2, run_cfg = _restore(work)
+  assert cfg2 == cfg and step2 == 5
+  assert run_cfg.seed == 7
+  plain = lambda d: json.loads(json.dumps(d.to_dict()))  # tuples -> lists
+  for section in ("model", "sparsity", "opt"):
+    assert plain(run_cfg[section]) == plain(config[section]), section
+  for k in ("num_steps", "batch_size"):
+    assert run_cfg.train[k] == config.train[k], k
   assert run_cfg.data.tokenizer_dir == "unused"  # from --config
   flat1 = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   flat2 = dict(jax.tree_util.tree_flatten_with_path(params2)[0])
@@ -296,6 +323,28 @@ def test_export_import_round_trips_bit_exactly(tmp_path):
     a, b2 = np.asarray(v), np.asarray(flat2[k])
     assert a.dtype == b2.dtype and a.shape == b2.shape, k
     assert np.array_equal(a.view(np.uint32), b2.view(np.uint32)), k
+
+
+def test_import_ignores_unknown_keys_and_lists_them(tmp_path, caplog):
+  b = _beeg(some_future_key=[1])
+  sd = _random_state_dict(b, 0)
+  src = _write_authors_dir(str(tmp_path / "src"), b, sd)
+  with open(os.path.join(src, "sparse_circuits.json"), "w") as f:
+    json.dump({"step": 9, "sparsity": {"pfrac": 0.5, "new_knob": 1},
+               "later": {}}, f)
+  config = _config()
+  config.interop.path = src
+  work = str(tmp_path / "run")
+  with caplog.at_level("WARNING"):
+    interop.import_run(config, work)
+  _, _, step, run_cfg = _restore(work)
+  assert step == 9 and run_cfg.sparsity.pfrac == 0.5
+  with open(os.path.join(work, "imported_from.json")) as f:
+    record = json.load(f)
+  assert record["ignored_keys"] == sorted(NOT_GPTCONFIG | {"some_future_key"})
+  assert sorted(record["ignored_facts"]) == ["later", "sparsity.new_knob"]
+  logged = caplog.text
+  assert "some_future_key" in logged and "sparsity.new_knob" in logged
 
 
 @pytest.mark.parametrize("over", [

@@ -1,4 +1,4 @@
-"""Scale-out: two processes over loopback, the compile check, the benchmark.
+"""Scale-out: two processes over loopback, the compile check, model FLOPs.
 
 The multi-process test starts real `jax.distributed` jobs (two processes of
 4 fake CPU devices each, JAX's gloo CPU collectives) and compares them with
@@ -14,16 +14,12 @@ import socket
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from sparse_circuits import bench
 from sparse_circuits import config_lib
 from sparse_circuits import data
+from sparse_circuits import flops
 from sparse_circuits import runs
-from sparse_circuits import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -181,38 +177,15 @@ def test_compile_check_fails_over_the_memory_limit():
   assert "train step" in r.stdout  # the table is still printed
 
 
-# ------------------------------------------------------------------ bench
-
-
 def test_model_flops_formula_for_the_paper_model():
   c = config_lib.base_config("paper")
   n_active = 8 * (1024 * 3072 + 1024 * 1024 + 2 * 1024 * 4096) + 1024 * 2048
-  assert bench.param_count(runs.model_config(c), matmul_only=True) == n_active
-  assert bench.model_flops_per_token(c) == 6 * n_active + 6 * 8 * 256 * 1024
+  assert flops.param_count(runs.model_config(c), matmul_only=True) == n_active
+  assert flops.model_flops_per_token(c) == 6 * n_active + 6 * 8 * 256 * 1024
 
 
-def test_bench_topk_methods_agree():
-  x = jnp.abs(jax.random.normal(jax.random.key(0), (64, 300)))
-  masks = [np.asarray(m(x, 37)) for m in bench.METHODS.values()]
-  assert all((m.sum(-1) == 37).all() for m in masks)
-  for m in masks[1:]:
-    np.testing.assert_array_equal(m, masks[0])
-
-
-def test_torch_step_keeps_exactly_k_per_matrix():
-  pytest.importorskip("torch")
-  from sparse_circuits import bench_torch  # pylint: disable=g-import-not-at-top
-  c = config_lib.base_config("tiny")
-  for f in MICRO_FLAGS:
-    section, rest = f.split(".", 1)
-    name, value = rest.split("=")
-    c[section][name] = type(c[section][name])(float(value) if "." in value
-                                              else int(value))
-  plan = train.make_setup(c, jax.devices()[:1]).plan
-  step = bench_torch.TorchStep(c, plan)
-  loss = step.run(2)
-  assert np.isfinite(loss)
-  for w, k, dim, n in step.sparse:
-    assert int((w != 0).sum()) == k
-    if dim is not None:  # every neuron keeps its protected entries
-      assert int((w != 0).sum(dim=dim).min()) >= n
+def test_peak_of_known_devices_only():
+  assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert flops.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert flops.peak_tflops("TPU v5 lite") == 197.0
+  assert flops.peak_tflops("cpu") is None

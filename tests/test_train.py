@@ -88,6 +88,42 @@ def test_golden_one_step():
 GOLDEN = (7.6265549659729, 7.286434173583984)
 
 
+@pytest.mark.parametrize("step", [0, 29])  # dense k; annealed k
+def test_microbatches_give_the_same_update(step):
+  """train.microbatches = 4 sums four microbatches' gradients inside the
+  step: the same loss, metrics and parameters as one batch, up to float
+  rounding (a reordering of sums)."""
+  out = {}
+  for micro in (1, 4):
+    config = micro_config(30)
+    config.train.microbatches = micro
+    setup = train.make_setup(config)
+    params, opt = train.init_state(setup, 0)
+    (batch,) = _batches(config, 1)
+    out[micro] = jax.device_get(train.make_train_step(setup)(
+        params, opt, jnp.int32(step), batch))
+  (p1, o1, m1), (p4, o4, m4) = out[1], out[4]
+  for k in ("loss", "grad_norm", "lr"):
+    np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
+  assert m4["dead_neurons"] == m1["dead_neurons"]
+  assert m4["l0"] == m1["l0"]
+  for a, b in zip(jax.tree.leaves((p1, o1)), jax.tree.leaves((p4, o4))):
+    # Rounding is relative to a tensor's scale (measured: <= 1e-5 of the
+    # largest entry; a wrong scale or a lost microbatch is O(1)).
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
+  assert not all(np.array_equal(a, b) for a, b in  # it really moved
+                 zip(jax.tree.leaves(p1), jax.tree.leaves(
+                     train.init_state(train.make_setup(micro_config(30)),
+                                      0)[0])))
+
+
+def test_microbatches_that_do_not_split_the_batch_are_refused():
+  config = micro_config()
+  config.train.microbatches = 3
+  with pytest.raises(ValueError, match="train.microbatches"):
+    config_lib.validate(config)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("model.d_model", 0, "model.d_model"),
     ("model.afrac", 1.5, "model.afrac"),

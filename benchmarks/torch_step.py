@@ -1,15 +1,17 @@
-"""The same train step in plain PyTorch, for the CPU comparison of `bench`.
+"""The same train step in plain PyTorch, for the CPU comparison of
+`benchmarks.step --torch`.
 
 A straightforward eager implementation of what `train.make_train_step` does,
-written the way the authors' trainer does it: the model of method.md §1 with
-AbsTopK at all eight sites through `torch.topk` + scatter, the bigram table,
-cross-entropy, gradients normalised to RMS 1, Adam (eps 0.1), then each
-sparsified matrix cut to its k largest magnitudes through `torch.topk` on
-the flattened magnitudes after protecting the top 4 of every neuron, then
-decoupled weight decay. Shapes and k come from the same config and
-`sparsity.Plan`. torch is imported here only (it is optional).
+written the way the authors' trainer does it: the model of
+`sparse_circuits.model` with AbsTopK at all eight sites through
+`torch.topk` + scatter, the bigram table, cross-entropy, gradients
+normalised to RMS 1, Adam (eps 0.1), then each sparsified matrix cut to its
+k largest magnitudes through `torch.topk` on the flattened magnitudes after
+protecting the top 4 of every neuron, then decoupled weight decay. Shapes
+and k come from the same config and `sparsity.Plan`. torch is imported here
+only (it is optional).
 
-  python -m sparse_circuits.bench --config=configs/tiny.py --torch
+  python -m benchmarks.step --config=configs/tiny.py --torch
 """
 
 import math
@@ -109,7 +111,7 @@ def _torch_param(model, path):
 
 
 class TorchStep:
-  """`run(n)` takes n train steps on one random batch, as `bench` does."""
+  """`run(n)` takes n train steps on one random batch, as `benchmarks.step` does."""
 
   def __init__(self, config, plan, seed: int = 0, threads: int | None = None):
     torch, GPT = _modules()  # pylint: disable=invalid-name

@@ -1,41 +1,30 @@
-"""Benchmark: `python -m sparse_circuits.bench --config=configs/tiny.py
-[--torch] [--topk] [--prune] [--workdir=RUN]` (or `--mode=bench`).
+"""Train-step benchmark: `python -m benchmarks.step --config=configs/tiny.py
+[--torch] [--topk] [--noprune] [--rounds=7] [--workdir=RUN]`.
 
-Train throughput (tokens/s) on the first attached device, model TFLOP/s, MFU
-against a matmul timed on the same device in the same run, and the share of
-the step spent in weight top-k, activation top-k and the input pipeline.
-All variants are timed in interleaved rounds (A B C A B C ...) and each
-figure is the median over rounds, so a noisy shared machine shifts them
-together; compare ratios within one run, not absolute times across runs.
-
-  model FLOPs per token = 6 N_active + 6 n_layer L (n_head d_head)
-
-N_active counts the weights of every matrix product (the kernels of c_attn,
-c_proj, c_fc and lm_head), zeros of the sparse matrices included since the
-step multiplies dense matrices; table lookups (wte, wpe, the bigram table)
-and vectors do no matmul work and are left out. 6 N_active is the forward
-and backward matmul work, the second term the causal attention scores and
-values (QK^T and PV over half the L x L square, x3 for the backward).
-../shared/BENCHMARKS.md counts all 110.2M parameters instead (6.6e8 + 1.3e7
-FLOP per token for the paper model, 7% above this count); on the tiny
-config, whose 4.2M-entry bigram table dwarfs its 0.66M matmul weights, that
-convention would overstate the work 6x.
+Train throughput (tokens/s) on the first attached device, model TFLOP/s
+(`sparse_circuits.flops`), MFU against a matmul timed on the same device in
+the same run, and the share of the step spent in weight top-k, activation
+top-k and the input pipeline. All variants are timed in interleaved rounds
+(A B C A B C ...) and each figure is the median over rounds, so a noisy
+shared machine shifts them together; compare ratios within one run, not
+absolute times across runs.
 
 Shares: weight top-k = `sparsity.project` of the real parameters timed
 alone / step; activation top-k = 1 - step(afrac = 0) / step; input pipeline
 = step fed from `data.train_iterator` / step on an in-memory batch - 1.
 
-`--topk` compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
+`--noshares` times the step alone (to compare configs quickly). `--topk`
+compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
 bisection of `sparsity.topk_mask` on the weight projection and on the
 activation rows of this config. `--prune` times mask training plus the k
 search for one task (`prune.prune_task`; a random model and a synthetic task
 unless --workdir holds a trained run) and the vectorised sweep (8 settings
-in one program vs 1). `--torch` times `bench_torch`, the same step in plain
-PyTorch, in the same rounds.
+in one program vs 1). `--torch` times `benchmarks.torch_step`, the same step
+in plain PyTorch, in the same rounds.
 """
 
 import atexit
-import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -45,29 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_circuits import compile_check
+from sparse_circuits import flops
 from sparse_circuits import model as model_lib
 from sparse_circuits import runs
 from sparse_circuits import sharding
 from sparse_circuits import sparsity
 from sparse_circuits import train
-
-
-# ------------------------------------------------------------------ FLOPs
-
-
-def param_count(cfg: model_lib.ModelConfig, matmul_only=False) -> int:
-  """All parameters, or only the matmul weights (N_active)."""
-  flat = jax.tree_util.tree_flatten_with_path(model_lib.abstract_params(cfg))
-  return sum(math.prod(a.shape) for p, a in flat[0]
-             if not matmul_only or sparsity.path_str(p).endswith("kernel"))
-
-
-def model_flops_per_token(config) -> float:
-  """6 N_active + 6 n_layer L d_attn (see the module docstring)."""
-  cfg = model_lib.ModelConfig.from_config(config.model)
-  d_attn = cfg.n_head * cfg.d_head
-  return (6.0 * param_count(cfg, matmul_only=True) +
-          6.0 * cfg.n_layer * cfg.block_size * d_attn)
 
 
 # ----------------------------------------------------------------- timing
@@ -110,20 +83,29 @@ def matmul(device):
 
 
 class _Stepper:
-  """A config's jitted train step on one device, state threaded through."""
+  """A config's train step compiled for one device, state threaded through;
+  `memory` is XLA's estimate for it (compile_check's Report)."""
 
   def __init__(self, config, device):
-    self.setup = train.make_setup(config, [device])
-    self.params, self.opt = train.init_state(self.setup, config.seed)
-    self.step_fn = train.make_train_step(self.setup)
-    plan = self.setup.plan
+    self.setup = setup = train.make_setup(config, [device])
+    # Lowered first and from the same arguments as compile_check's, so the
+    # program is identical and a persistent compilation cache serves both.
+    start = time.perf_counter()
+    self.step_fn = train.make_train_step(setup).lower(
+        *compile_check.train_step_args(setup)).compile()
+    self.memory = compile_check.report_of("train step", self.step_fn,
+                                          time.perf_counter() - start)
+    self.params, self.opt = train.init_state(setup, config.seed)
+    plan = setup.plan
     # Time the steady state: after annealing, at the final k.
-    self.step = jnp.int32(plan.schedule.end_step if plan else 0)
+    self.step = jax.device_put(
+        jnp.int32(plan.schedule.end_step if plan else 0),
+        sharding.replicated(setup.mesh))
     rng = np.random.default_rng(0)
     self.batch = sharding.global_batch(
         rng.integers(0, config.model.vocab_size,
                      (config.train.batch_size, config.model.block_size + 1),
-                     dtype=np.int32), self.setup.mesh)
+                     dtype=np.int32), setup.mesh)
 
   def run(self, k, batches=None):
     m = None
@@ -148,17 +130,19 @@ def _pipeline(config, workdir):
   return data.train_iterator(config, info, 0, 1)
 
 
-def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
-  """Figures of the train step; see the module docstring."""
+def train_bench(config, workdir=None, with_torch=False, rounds=7,
+                shares=True) -> dict:
+  """Figures of the train step; see the module docstring. Without
+  `shares`, only the step and the matmul ceiling are timed."""
   device = jax.devices()[0]
   on = _Stepper(config, device)
   contenders = {"step": on.run}
-  if config.model.afrac > 0:
+  if shares and config.model.afrac > 0:
     off_cfg = config.copy_and_resolve_references()
     off_cfg.model.afrac = 0.0
     off = _Stepper(off_cfg, device)
     contenders["step, afrac 0"] = off.run
-  if on.setup.plan is not None:
+  if shares and on.setup.plan is not None:
     plan, step = on.setup.plan, on.step
     project = jax.jit(lambda p: sparsity.project(p, plan, step))
 
@@ -168,37 +152,40 @@ def train_bench(config, workdir=None, with_torch=False, rounds=7) -> dict:
         out = project(on.params)
       jax.block_until_ready(out)
     contenders["weight top-k alone"] = run_project
-  it = _pipeline(config, workdir)
-  contenders["step, real data"] = lambda k: on.run(k, it)
+  if shares:
+    it = _pipeline(config, workdir)
+    contenders["step, real data"] = lambda k: on.run(k, it)
   torch_steps = {}
   if with_torch:
-    import os  # pylint: disable=g-import-not-at-top
-    from sparse_circuits import bench_torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
     # torch's OpenMP threads suffer more than XLA's pool when the cores are
     # shared: time 1 thread and all cores, and compare with the faster.
     for n in sorted({1, os.cpu_count() or 1}):
-      torch_steps[n] = bench_torch.TorchStep(config, on.setup.plan, threads=n)
+      torch_steps[n] = torch_step.TorchStep(config, on.setup.plan, threads=n)
       contenders[f"torch step, {n} thread{'s' * (n > 1)}"] = torch_steps[n].run
   mm_run, mm_flops, mm_desc = matmul(device)
   contenders["matmul " + mm_desc] = mm_run
   t = race(contenders, rounds=rounds)
   ceiling = mm_flops / t.pop("matmul " + mm_desc)
   tokens = config.train.batch_size * config.model.block_size
-  flops = model_flops_per_token(config) * tokens
+  step_flops = flops.model_flops_per_token(config) * tokens
   out = dict(device=f"{device.platform} ({device.device_kind})",
              tokens_per_step=tokens, times=t, step_s=t["step"],
              tokens_per_s=tokens / t["step"],
-             model_tflops=flops / t["step"] / 1e12,
+             model_tflops=step_flops / t["step"] / 1e12,
              ceiling_tflops=ceiling / 1e12, ceiling_desc=mm_desc,
-             mfu=flops / t["step"] / ceiling,
-             n_params=param_count(on.setup.cfg),
-             n_active=param_count(on.setup.cfg, matmul_only=True),
-             flops_per_token=model_flops_per_token(config))
+             mfu=step_flops / t["step"] / ceiling,
+             n_params=flops.param_count(on.setup.cfg),
+             n_active=flops.param_count(on.setup.cfg, matmul_only=True),
+             flops_per_token=flops.model_flops_per_token(config),
+             step_memory_gb=on.memory.per_device_bytes / 1e9,
+             compile_s=on.memory.compile_seconds)
   if "weight top-k alone" in t:
     out["weight_topk_share"] = t["weight top-k alone"] / t["step"]
   if "step, afrac 0" in t:
     out["activation_topk_share"] = 1 - t["step, afrac 0"] / t["step"]
-  out["pipeline_overhead"] = t["step, real data"] / t["step"] - 1
+  if "step, real data" in t:
+    out["pipeline_overhead"] = t["step, real data"] / t["step"] - 1
   if torch_steps:
     best = min((t[k], k) for k in t if k.startswith("torch"))
     out["torch_tokens_per_s"] = tokens / best[0]
@@ -214,6 +201,11 @@ def format_train(config, r) -> str:
       f"parameters ({r['n_active'] / 1e6:.2f}M in matmuls), "
       f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, on "
       f"{r['device']}",
+      f"  {config.train.get('microbatches', 1)} microbatch(es), remat "
+      f"{config.model.get('remat', 'none')}, compute "
+      f"{config.model.compute_dtype}: train step needs "
+      f"{r['step_memory_gb']:.2f} GB (XLA's peak estimate), compiled in "
+      f"{r['compile_s']:.0f} s",
       f"{'':<34}{'ms/step':>10}{'tokens/s':>12}",
   ]
   for name, s in r["times"].items():
@@ -439,12 +431,12 @@ def format_prune(r) -> str:
 
 
 def run(config, workdir=None, *, with_torch=False, topk=False,
-        prune_too=True):
-  """`--mode=bench`: the train figures and the prune line, printed."""
-  import os  # pylint: disable=g-import-not-at-top
+        prune_too=True, rounds=7, shares=True):
+  """The train figures (and the top-k and prune lines), printed."""
   if workdir and not os.path.isdir(workdir):
     workdir = None
-  r = train_bench(config, workdir, with_torch=with_torch)
+  r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds,
+                  shares=shares)
   print(format_train(config, r), flush=True)
   out = {"train": r}
   if topk:
@@ -464,10 +456,17 @@ def main():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   cfg_flag = config_flags.DEFINE_config_file("config", "configs/tiny.py",
                                              "ml_collections config file.")
-  torch_flag = flags.DEFINE_bool("torch", False, "Also time bench_torch's "
-                                 "PyTorch step in the same rounds.")
+  torch_flag = flags.DEFINE_bool("torch", False, "Also time "
+                                 "benchmarks.torch_step's PyTorch step in "
+                                 "the same rounds.")
   topk_flag = flags.DEFINE_bool("topk", False, "Compare top-k methods.")
   prune_flag = flags.DEFINE_bool("prune", True, "Time pruning one task.")
+  rounds_flag = flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds "
+                                     "(each figure is their median).", 1)
+  shares_flag = flags.DEFINE_bool(
+      "shares", True, "Also time the step with afrac 0, the weight top-k "
+      "alone and the step on real data (the shares); --noshares times the "
+      "step alone.")
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "A run's workdir: its data feeds the pipeline figure "
       "and its checkpoint the prune figure (default: a small fresh corpus, a "
@@ -475,10 +474,13 @@ def main():
 
   def _main(argv):
     del argv
+    from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
     from sparse_circuits import hostmem  # pylint: disable=g-import-not-at-top
     hostmem.keep_freed_memory()
+    config_lib.validate(cfg_flag.value)
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
-        topk=topk_flag.value, prune_too=prune_flag.value)
+        topk=topk_flag.value, prune_too=prune_flag.value,
+        rounds=rounds_flag.value, shares=shares_flag.value)
   app.run(_main)
 
 

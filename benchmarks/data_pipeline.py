@@ -1,4 +1,4 @@
-"""Data benchmark: `python -m sparse_circuits.bench_data`.
+"""Data benchmark: `python -m benchmarks.data_pipeline`.
 
 Times building the tokenizer and token shards from the full standard library
 in a fresh directory (the cost a first `--mode=data` run pays), then how fast

@@ -1,0 +1,2 @@
+"""Benchmarks of the library, run from the repository root as
+`python -m benchmarks.<name>` (not part of the installed package)."""

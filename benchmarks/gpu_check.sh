@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The one-GPU check of the paper model, in one go, printing everything:
+#
+#   benchmarks/gpu_check.sh [CONFIG]        (default configs/paper.py:1gpu)
+#
+# 1. compile_check of CONFIG: XLA's memory per device (fails above the
+#    config's distributed.device_memory_gb), tokens per step, the step time
+#    at 40% of the device's peak;
+# 2. benchmarks.step on CONFIG: ms/step, tokens/s, model TFLOP/s, MFU, the
+#    shares of weight top-k and activation top-k (afrac on vs off) and of the
+#    input pipeline;
+# 3. the tests of microbatches, remat and bfloat16 compute, on the device;
+# 4. while time is left, the step alone under other (microbatches, remat)
+#    choices, with XLA's memory estimate of each.
+#
+# Run from the repository root. Environment: PYTHON (python3), OUT (a
+# folder for the logs, /tmp/gpu_check), ROUNDS (3), VARIANTS ("4,topk
+# 2,topk 1,block"), BUDGET_S (380: no section starts later, and each is cut
+# at it), WHEELS (a folder of .whl files installed first into /tmp/site, for
+# a machine without a package index). A quick try on CPU:
+#   PYTHON=.venv/bin/python VARIANTS=2,topk benchmarks/gpu_check.sh configs/tiny.py
+set -u -o pipefail
+CONFIG=${1:-configs/paper.py:1gpu}
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-/tmp/gpu_check}
+ROUNDS=${ROUNDS:-3}
+VARIANTS=${VARIANTS:-4,topk 2,topk 1,block}
+BUDGET_S=${BUDGET_S:-380}
+mkdir -p "$OUT"
+if [ -n "${WHEELS:-}" ]; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+# One compile of the train step serves compile_check and the benchmark.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+START=$SECONDS
+
+# section NAME MAX_S CMD...: runs CMD under a timeout of min(MAX_S, time
+# left), its output teed to $OUT/NAME.log; skipped when no time is left.
+section() {
+  local name=$1 max=$2 left
+  shift 2
+  left=$((BUDGET_S - (SECONDS - START)))
+  if [ "$left" -lt 20 ]; then
+    echo "=== $name: skipped, ${left}s of the budget left"
+    return 0
+  fi
+  [ "$max" -gt "$left" ] && max=$left
+  echo "=== $name (at $((SECONDS - START)) s, up to $max s): $*"
+  timeout "$max" "$@" 2>&1 | grep --line-buffered -v \
+    -e "Unable to initialize backend" -e "^[WI]0000 " | tee "$OUT/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - START)) s"
+}
+
+echo "=== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+  2>/dev/null || true
+"$PYTHON" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax',
+flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 \
+  | grep -v "Unable to initialize backend"
+
+section compile_check 150 "$PYTHON" -m sparse_circuits.main \
+  --config="$CONFIG" --mode=compile_check --workdir=/tmp/unused
+section bench 200 "$PYTHON" -m benchmarks.step --config="$CONFIG" \
+  --noprune --rounds="$ROUNDS"
+# float32 matmuls at full precision (GPUs default to TF32): the tests
+# compare float32 programs to 1e-5.
+section tests 90 env JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m \
+  pytest -q -p no:cacheprovider tests/test_train.py tests/test_model.py \
+  -k "microbatches_give or remat_gives or bfloat16"
+for v in $VARIANTS; do
+  m=${v%,*} r=${v#*,}
+  section "step_m${m}_${r}" 75 "$PYTHON" -m benchmarks.step \
+    --config="$CONFIG" --config.train.microbatches="$m" \
+    --config.model.remat="$r" --noprune --noshares --rounds=2
+done
+echo "=== done after $((SECONDS - START)) s; logs in $OUT"

@@ -1,0 +1,67 @@
+"""The benchmarks in benchmarks/ (outside the library): their top-k methods
+agree, the PyTorch step keeps exact k, and each runs as `python -m
+benchmarks.<name>` from the repository root."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import step as step_bench
+from sparse_circuits import config_lib
+from sparse_circuits import train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train import MICRO_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_topk_methods_agree():
+  x = jnp.abs(jax.random.normal(jax.random.key(0), (64, 300)))
+  masks = [np.asarray(m(x, 37)) for m in step_bench.METHODS.values()]
+  assert all((m.sum(-1) == 37).all() for m in masks)
+  for m in masks[1:]:
+    np.testing.assert_array_equal(m, masks[0])
+
+
+def test_torch_step_keeps_exactly_k_per_matrix():
+  pytest.importorskip("torch")
+  from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config("tiny")
+  for f in MICRO_FLAGS:
+    section, rest = f.split(".", 1)
+    name, value = rest.split("=")
+    c[section][name] = type(c[section][name])(float(value) if "." in value
+                                              else int(value))
+  plan = train.make_setup(c, jax.devices()[:1]).plan
+  step = torch_step.TorchStep(c, plan)
+  loss = step.run(2)
+  assert np.isfinite(loss)
+  for w, k, dim, n in step.sparse:
+    assert int((w != 0).sum()) == k
+    if dim is not None:  # every neuron keeps its protected entries
+      assert int((w != 0).sum(dim=dim).min()) >= n
+
+
+@pytest.mark.parametrize("name, flag", [("step", "--rounds"),
+                                        ("data_pipeline", "--helpfull")])
+def test_runs_as_a_module_from_the_repo_root(name, flag):
+  r = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"],
+                     cwd=REPO, capture_output=True, text=True, timeout=120,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  # absl prints the usage and exits with status 1 on --help.
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert flag in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+def test_bench_is_no_longer_a_mode():
+  from sparse_circuits import main  # pylint: disable=g-import-not-at-top
+  assert "bench" not in main.MODES and "compile_check" in main.MODES
+  import sparse_circuits  # pylint: disable=g-import-not-at-top
+  pkg = os.path.dirname(sparse_circuits.__file__)
+  assert not [f for f in os.listdir(pkg) if f.startswith("bench")]
