@@ -4,8 +4,10 @@
 `(logits, acts)`: `params` is a plain nested dict (what the optimizer, the
 sparsity projection, Orbax and the sharding rules see), `capture` names
 activation sites returned in the flat dict `acts`, and `interventions` maps a
-site name to `{"mask", "mean"}` arrays applied as x <- m*x + (1-m)*mean. The
-model knows nothing about pruning beyond that.
+site name to `{"mask", "mean"}` arrays applied as x <- m*x + (1-m)*mean, and/or
+an `"add"` array added after that (steering). The model knows nothing about
+pruning beyond that. `forward_from` runs the model from one sublayer's input
+on a given residual stream (bridges splice two models there).
 
 Dimensions: B batch, L length, D d_model, H heads, Dh head dim, F d_mlp,
 V vocab.
@@ -101,8 +103,11 @@ class _Sites:
       x = abs_topk(x, int(cfg.afrac * x.shape[-1]))
     if name in self.interventions:
       iv = self.interventions[name]
-      m = jnp.asarray(iv["mask"], x.dtype)
-      x = m * x + (1 - m) * jnp.asarray(iv["mean"], x.dtype)
+      if "mask" in iv:
+        m = jnp.asarray(iv["mask"], x.dtype)
+        x = m * x + (1 - m) * jnp.asarray(iv["mean"], x.dtype)
+      if "add" in iv:
+        x = x + jnp.asarray(iv["add"], x.dtype)
     if name in self.capture:
       self.acts[name] = x
     return x
@@ -183,10 +188,11 @@ class Block(nnx.Module):
     self.ln_2 = RMSNorm(cfg.d_model)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxLxD, cfg, sites, i):
-    x_BxLxD = sites(f"{i}.resid_in", x_BxLxD)
-    h = sites(f"{i}.attn.act_in", self.ln_1(x_BxLxD))
-    x_BxLxD = x_BxLxD + self.attn(h, cfg, sites, i)
+  def __call__(self, x_BxLxD, cfg, sites, i, skip_attn=False):
+    if not skip_attn:  # skip_attn: x is already the MLP's input (resid_mid)
+      x_BxLxD = sites(f"{i}.resid_in", x_BxLxD)
+      h = sites(f"{i}.attn.act_in", self.ln_1(x_BxLxD))
+      x_BxLxD = x_BxLxD + self.attn(h, cfg, sites, i)
     x_BxLxD = sites(f"{i}.resid_mid", x_BxLxD)
     h = sites(f"{i}.mlp.act_in", self.ln_2(x_BxLxD))
     return x_BxLxD + self.mlp(h, sites, i)
@@ -212,18 +218,29 @@ class GPT(nnx.Module):
       self.bigram_table = nnx.Param(
           jax.random.uniform(rngs.params(), (V, V), jnp.float32, 0.0, 0.02))
 
-  def __call__(self, tokens_BxL, cfg, sites, last_only=False, read_at=None):
+  def __call__(self, tokens_BxL, cfg, sites, last_only=False, read_at=None,
+               resid_BxLxD=None, start=0):
+    """`resid_BxLxD`/`start`: begin at sublayer `start`'s input with this
+    residual stream instead of embedding the tokens (see forward_from)."""
     L = tokens_BxL.shape[1]
-    # nnx.Embed returns float32 whatever its table's dtype: cast it back.
-    x_BxLxD = self.wte(tokens_BxL).astype(cfg.compute_dtype)
-    if cfg.pos_emb:
-      x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
-    blocks = [getattr(self, f"h_{i}") for i in range(cfg.n_layer)]
-    if cfg.remat == "none":
-      for i, block in enumerate(blocks):
-        x_BxLxD = block(x_BxLxD, cfg, sites, i)
+    if resid_BxLxD is None:
+      # nnx.Embed returns float32 whatever its table's dtype: cast it back.
+      x_BxLxD = self.wte(tokens_BxL).astype(cfg.compute_dtype)
+      if cfg.pos_emb:
+        x_BxLxD = x_BxLxD + self.wpe.embedding[...][:L]
     else:
-      x_BxLxD = _remat_scan(blocks, x_BxLxD, cfg, sites)
+      x_BxLxD = resid_BxLxD
+    first = start // 2
+    if start % 2:  # begin inside block `first`, at its MLP
+      x_BxLxD = getattr(self, f"h_{first}")(x_BxLxD, cfg, sites, first,
+                                            skip_attn=True)
+      first += 1
+    blocks = [getattr(self, f"h_{i}") for i in range(first, cfg.n_layer)]
+    if cfg.remat == "none":
+      for i, block in enumerate(blocks, first):
+        x_BxLxD = block(x_BxLxD, cfg, sites, i)
+    elif blocks:
+      x_BxLxD = _remat_scan(blocks, x_BxLxD, cfg, sites, first)
     x_BxLxD = sites("final_resid", x_BxLxD)
     if read_at is not None:  # one position per row: skip the others
       at_Bx1 = jnp.asarray(read_at, jnp.int32)[:, None]
@@ -238,31 +255,34 @@ class GPT(nnx.Module):
     return logits_BxLxV
 
 
-def _remat_scan(blocks, x_BxLxD, cfg, sites):
-  """The blocks as one lax.scan over their stacked parameters, its body under
-  jax.checkpoint: unrolled, XLA scheduled all recomputations at once and
-  saved no memory (measured on CPU). Interventions are stacked per layer
-  (identity where a layer has none); captures leave as scan outputs."""
+def _remat_scan(blocks, x_BxLxD, cfg, sites, first=0):
+  """The blocks (layers first, first + 1, ...) as one lax.scan over their
+  stacked parameters, its body under jax.checkpoint: unrolled, XLA
+  scheduled all recomputations at once and saved no memory (measured on
+  CPU). Interventions are stacked per layer (identity where a layer has
+  none); captures leave as scan outputs."""
   graphdef = nnx.split(blocks[0])[0]
   stacked = jax.tree.map(lambda *a: jnp.stack(a),
                          *[nnx.split(b)[1] for b in blocks])
   per_site = {}  # "attn.q" -> {layer: intervention}
   for name, iv in sites.interventions.items():
     layer, site = sites_lib.split(name)
-    if layer is not None:
-      per_site.setdefault(site, {})[layer] = iv
+    if layer is not None and layer >= first:
+      per_site.setdefault(site, {})[layer - first] = iv
 
   def stack(by_layer, key, fill):
-    shape = jnp.broadcast_shapes(*(jnp.shape(v[key])
-                                   for v in by_layer.values()))
+    given = {i: v[key] for i, v in by_layer.items() if key in v}
+    shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in given.values()))
     return jnp.stack([
-        jnp.broadcast_to(jnp.asarray(by_layer[i][key], jnp.float32), shape)
-        if i in by_layer else jnp.full(shape, fill, jnp.float32)
-        for i in range(cfg.n_layer)])
-  ivs = {site: {"mask": stack(b, "mask", 1.0), "mean": stack(b, "mean", 0.0)}
+        jnp.broadcast_to(jnp.asarray(given[i], jnp.float32), shape)
+        if i in given else jnp.full(shape, fill, jnp.float32)
+        for i in range(len(blocks))])
+  ivs = {site: {key: stack(b, key, fill)
+                for key, fill in (("mask", 1.0), ("mean", 0.0), ("add", 0.0))
+                if any(key in v for v in b.values())}
          for site, b in per_site.items()}
   captured = {site for layer, site in map(sites_lib.split, sites.capture)
-              if layer is not None}
+              if layer is not None and layer >= first}
 
   def body(x, layer):  # traced once for all layers: it names them all 0
     state, layer_ivs = layer
@@ -275,8 +295,8 @@ def _remat_scan(blocks, x_BxLxD, cfg, sites):
   x_BxLxD, acts = jax.lax.scan(body, x_BxLxD, (stacked, ivs))
   for name in sites.capture:
     layer, site = sites_lib.split(name)
-    if layer is not None:
-      sites.acts[name] = acts[site][layer]
+    if layer is not None and layer >= first:
+      sites.acts[name] = acts[site][layer - first]
   return x_BxLxD
 
 
@@ -312,6 +332,35 @@ def forward(params: Mapping[str, Any], tokens_BxL, cfg: ModelConfig,
   model = nnx.merge(_graphdef(cfg), nnx.State(params))
   sites = _Sites(cfg, interventions, capture)
   logits = model(tokens_BxL, cfg, sites, last_only, read_at)
+  return logits, sites.acts
+
+
+def sublayer_sites(cfg: ModelConfig) -> list[str]:
+  """The residual-stream site each sublayer reads, in forward order: sublayer
+  2i is attention i (reads `{i}.resid_in`), 2i+1 is MLP i (`{i}.resid_mid`)."""
+  return [f"{i}.{s}" for i in range(cfg.n_layer)
+          for s in ("resid_in", "resid_mid")]
+
+
+def forward_from(params: Mapping[str, Any], resid_BxLxD, tokens_BxL,
+                 cfg: ModelConfig, start: int,
+                 interventions: Mapping[str, Mapping[str, Any]] | None = None,
+                 capture: Sequence[str] = (), last_only: bool = False):
+  """`forward` from sublayer `start`'s input: `resid_BxLxD` replaces the
+  residual stream at `sublayer_sites(cfg)[start]` (sites there and after are
+  applied, earlier ones are not run). The tokens are still needed for the
+  bigram table. `start = 0` with the embedded tokens is `forward`."""
+  if not 0 <= start < 2 * cfg.n_layer:
+    raise ValueError(f"start={start} is not a sublayer index of a "
+                     f"{cfg.n_layer}-layer model (0..{2 * cfg.n_layer - 1})")
+  if cfg.compute_dtype != "float32":
+    dt = jnp.dtype(cfg.compute_dtype)
+    params = jax.tree.map(lambda p: p.astype(dt), params)
+    resid_BxLxD = resid_BxLxD.astype(dt)
+  model = nnx.merge(_graphdef(cfg), nnx.State(params))
+  sites = _Sites(cfg, interventions, capture)
+  logits = model(tokens_BxL, cfg, sites, last_only, resid_BxLxD=resid_BxLxD,
+                 start=start)
   return logits, sites.acts
 
 

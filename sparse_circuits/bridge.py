@@ -1,0 +1,199 @@
+"""Bridges between a frozen dense model and a weight-sparse one (paper §2.3,
+§3.3, App. A.3).
+
+A bridge sits at every sublayer input (before each attention and each MLP, on
+the residual stream before RMSNorm: `model.sublayer_sites`), so an L-layer
+pair has 2L of them. Bridge j has an encoder f_j = AbsTopK(linear) from the
+dense residual to the sparse one and a decoder g_j = linear back. The sparse
+model is trained jointly with them on
+
+  sparse LM loss
+  + sum_j NMSE(f_j(h^d_j), h^s_j) + NMSE(g_j(h^s_j), h^d_j)
+  + sum_j KL(y_d || sparse sublayers j.. run on f_j(h^d_j))   ("d2s")
+  + sum_j KL(y_d || dense sublayers j.. run on g_j(h^s_j))    ("s2d")
+
+where y_d are the dense logits: every hybrid path with one switch point, in
+both directions. Each term is returned separately, per bridge, for logging.
+
+Bridge parameters are a plain nested dict beside the sparse model's
+(`{"h_{i}": {"attn"|"mlp": {"encoder"|"decoder": {"kernel", "bias"}}}}`), so the
+optimizer, Orbax and the sharding rules treat them like any other parameters.
+
+Choices the paper leaves open, made here: NMSE divides by the target's
+variance over the batch with the denominator held constant (so no model can
+lower it by inflating its residual stream); gradients otherwise flow into both
+models' sides of every term except the frozen dense parameters; the encoder
+keeps `encoder_k` channels (0 = no AbsTopK).
+
+Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
+"""
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from sparse_circuits import model as model_lib
+
+SUBLAYERS = ("attn", "mlp")
+TERMS = ("nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d")
+
+
+def check_pair(dense_cfg: model_lib.ModelConfig,
+               sparse_cfg: model_lib.ModelConfig) -> None:
+  """Raises ValueError if the two models cannot be bridged."""
+  for f in ("n_layer", "vocab_size"):
+    a, b = getattr(dense_cfg, f), getattr(sparse_cfg, f)
+    if a != b:
+      raise ValueError(f"cannot bridge: the dense model has {f}={a}, the "
+                       f"sparse model {f}={b}; they must match")
+
+
+def bridge_key(j: int) -> tuple[str, str]:
+  """(layer key, sublayer key) of bridge j: 2i -> (h_i, attn), 2i+1 -> mlp."""
+  return f"h_{j // 2}", SUBLAYERS[j % 2]
+
+
+def init_params(dense_cfg, sparse_cfg, seed: int) -> dict:
+  """Fresh bridges: kernels N(0, 1/d_in), biases 0 (float32)."""
+  check_pair(dense_cfg, sparse_cfg)
+  D, S = dense_cfg.d_model, sparse_cfg.d_model
+  n = 2 * dense_cfg.n_layer
+  keys = jax.random.split(jax.random.key(seed), 2 * n)
+  out = {}
+  for j in range(n):
+    layer, sub = bridge_key(j)
+    out.setdefault(layer, {})[sub] = {
+        "encoder": {"kernel": jax.random.normal(keys[2 * j], (D, S))
+                              / jnp.sqrt(D),
+                    "bias": jnp.zeros((S,), jnp.float32)},
+        "decoder": {"kernel": jax.random.normal(keys[2 * j + 1], (S, D))
+                              / jnp.sqrt(S),
+                    "bias": jnp.zeros((D,), jnp.float32)},
+    }
+  return out
+
+
+def abstract_params(dense_cfg, sparse_cfg) -> dict:
+  return jax.eval_shape(lambda: init_params(dense_cfg, sparse_cfg, 0))
+
+
+def get(bridges: Mapping[str, Any], j: int) -> Mapping[str, Any]:
+  layer, sub = bridge_key(j)
+  return bridges[layer][sub]
+
+
+def encode(bridge: Mapping[str, Any], h_BxLxD, encoder_k: int):
+  """Dense residual -> sparse residual: AbsTopK(h W + b)."""
+  e = bridge["encoder"]
+  z_BxLxS = h_BxLxD @ e["kernel"].astype(h_BxLxD.dtype) + e["bias"]
+  return model_lib.abs_topk(z_BxLxS, encoder_k) if encoder_k else z_BxLxS
+
+
+def decode(bridge: Mapping[str, Any], h_BxLxS):
+  """Sparse residual -> dense residual: h W + b."""
+  d = bridge["decoder"]
+  return h_BxLxS @ d["kernel"].astype(h_BxLxS.dtype) + d["bias"]
+
+
+def nmse(pred, target):
+  """sum (pred - target)^2 / sum (target - its mean)^2 over the batch; the
+  denominator is a constant to the gradient."""
+  t = target.astype(jnp.float32)
+  err = jnp.sum(jnp.square(pred.astype(jnp.float32) - t))
+  var = jnp.sum(jnp.square(t - jnp.mean(t, axis=(0, 1), keepdims=True)))
+  return err / (jax.lax.stop_gradient(var) + 1e-12)
+
+
+def kl(target_logits, logits):
+  """Mean over tokens of KL(softmax(target) || softmax(logits))."""
+  logp = jax.nn.log_softmax(target_logits.astype(jnp.float32), axis=-1)
+  logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1))
+
+
+def _check_switch(cfg, switch):
+  n = 2 * cfg.n_layer
+  if not 0 <= switch < n:
+    raise ValueError(f"switch={switch} is not a bridge index (0..{n - 1})")
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "dense_cfg", "sparse_cfg", "switch", "direction", "encoder_k"))
+def hybrid_logits(dense_params, sparse_params, bridges, tokens_BxL, dense_cfg,
+                  sparse_cfg, switch: int, direction: str,
+                  encoder_k: int = 0):
+  """Logits of one hybrid path: "d2s" runs the dense model up to sublayer
+  `switch`, encodes, and runs the sparse model from there; "s2d" the
+  reverse through the decoder."""
+  if direction not in ("d2s", "s2d"):
+    raise ValueError(f"direction must be 'd2s' or 's2d', got {direction!r}")
+  _check_switch(dense_cfg, switch)
+  site, b = model_lib.sublayer_sites(dense_cfg)[switch], get(bridges, switch)
+  if direction == "d2s":
+    _, acts = model_lib.forward(dense_params, tokens_BxL, dense_cfg,
+                                capture=(site,))
+    h = encode(b, acts[site], encoder_k)
+    return model_lib.forward_from(sparse_params, h, tokens_BxL, sparse_cfg,
+                                  switch)[0]
+  _, acts = model_lib.forward(sparse_params, tokens_BxL, sparse_cfg,
+                              capture=(site,))
+  h = decode(b, acts[site])
+  return model_lib.forward_from(dense_params, h, tokens_BxL, dense_cfg,
+                                switch)[0]
+
+
+def all_paths(dense_params, sparse_params, bridges, tokens_BxL, dense_cfg,
+              sparse_cfg, encoder_k: int = 0) -> dict:
+  """Both models and every one-switch hybrid path on one batch: `dense` and
+  `sparse` logits, `d2s` and `s2d` (lists over switch points, logits), and
+  the residuals each bridge sees and makes (`h_dense`, `h_sparse`, `enc`,
+  `dec`, lists over bridges)."""
+  check_pair(dense_cfg, sparse_cfg)
+  sites = model_lib.sublayer_sites(dense_cfg)
+  y_d, h_d = model_lib.forward(dense_params, tokens_BxL, dense_cfg,
+                               capture=sites)
+  y_s, h_s = model_lib.forward(sparse_params, tokens_BxL, sparse_cfg,
+                               capture=sites)
+  out = dict(dense=y_d, sparse=y_s, d2s=[], s2d=[], h_dense=[], h_sparse=[],
+             enc=[], dec=[])
+  for j, site in enumerate(sites):
+    b = get(bridges, j)
+    enc, dec = encode(b, h_d[site], encoder_k), decode(b, h_s[site])
+    out["h_dense"].append(h_d[site])
+    out["h_sparse"].append(h_s[site])
+    out["enc"].append(enc)
+    out["dec"].append(dec)
+    out["d2s"].append(model_lib.forward_from(
+        sparse_params, enc, tokens_BxL, sparse_cfg, j)[0])
+    out["s2d"].append(model_lib.forward_from(
+        dense_params, dec, tokens_BxL, dense_cfg, j)[0])
+  return out
+
+
+def loss(sparse_params, bridges, dense_params, batch_BxL1, dense_cfg,
+         sparse_cfg, encoder_k: int = 0,
+         coefs: Mapping[str, float] | None = None):
+  """(total, terms): `terms` holds the sparse model's own `lm` loss and, per
+  bridge j (arrays of length 2L), `nmse_d2s` (encoder), `nmse_s2d`
+  (decoder), `kl_d2s` and `kl_s2d`. `coefs` weights the four families
+  (default 1 each); the dense parameters get no gradient."""
+  coefs = {**{t: 1.0 for t in TERMS}, **(coefs or {})}
+  unknown = set(coefs) - set(TERMS)
+  if unknown:
+    raise ValueError(f"unknown bridge loss coefficient(s) {sorted(unknown)}; "
+                     f"known: {TERMS}")
+  p = all_paths(jax.lax.stop_gradient(dense_params), sparse_params, bridges,
+                batch_BxL1[:, :-1], dense_cfg, sparse_cfg, encoder_k)
+  y_d = p["dense"]
+  terms = {
+      "nmse_d2s": [nmse(e, h) for e, h in zip(p["enc"], p["h_sparse"])],
+      "nmse_s2d": [nmse(d, h) for d, h in zip(p["dec"], p["h_dense"])],
+      "kl_d2s": [kl(y_d, y) for y in p["d2s"]],
+      "kl_s2d": [kl(y_d, y) for y in p["s2d"]],
+  }
+  terms = {t: jnp.stack(v) for t, v in terms.items()}
+  terms["lm"] = jnp.mean(model_lib.token_nll(p["sparse"], batch_BxL1[:, 1:]))
+  total = terms["lm"] + sum(coefs[t] * jnp.sum(terms[t]) for t in TERMS)
+  return total, terms

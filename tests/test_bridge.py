@@ -1,0 +1,165 @@
+"""Bridges and steering: the hybrid forward splices two models exactly where
+it should, a short joint training lowers the bridge losses, and steering at
+strength 0 is a no-op."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparse_circuits import bridge as B
+from sparse_circuits import model as M
+from sparse_circuits import steer
+
+SPARSE = M.ModelConfig(n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=128,
+                       block_size=16, vocab_size=64, afrac=0.25)
+DENSE = dataclasses.replace(SPARSE, afrac=0.0, d_model=24, d_mlp=96)
+
+
+def _tokens(b=4, l=16, seed=0, vocab=64):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (b, l)),
+                     jnp.int32)
+
+
+def _trained_like(params, seed=1, scale=0.05):
+  """Nonzero position embeddings and biases, so every path is exercised."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [l + scale * jax.random.normal(k, l.shape) for l, k in
+            zip(leaves, keys)]
+  return jax.tree.unflatten(tree, leaves)
+
+
+def _identity_bridges(cfg):
+  eye = jnp.eye(cfg.d_model)
+  zero = jnp.zeros((cfg.d_model,))
+  b = {"encoder": {"kernel": eye, "bias": zero},
+       "decoder": {"kernel": eye, "bias": zero}}
+  return {f"h_{i}": {"attn": b, "mlp": b} for i in range(cfg.n_layer)}
+
+
+def _splice(a, b, j, n_layer):
+  """Parameters running a's embedding and sublayers < j, then b's sublayers
+  >= j and b's head: what the d2s hybrid path at switch j must compute."""
+  out = dict(b)
+  for k in ("wte", "wpe"):
+    out[k] = a[k]
+  for i in range(n_layer):
+    blk = dict(b[f"h_{i}"])
+    if 2 * i < j:     # attention i comes before the switch
+      blk["ln_1"], blk["attn"] = a[f"h_{i}"]["ln_1"], a[f"h_{i}"]["attn"]
+    if 2 * i + 1 < j:  # so does MLP i
+      blk["ln_2"], blk["mlp"] = a[f"h_{i}"]["ln_2"], a[f"h_{i}"]["mlp"]
+    out[f"h_{i}"] = blk
+  return out
+
+
+_paths_and_loss = jax.jit(
+    lambda d, s, b, toks, dc, sc: (B.all_paths(d, s, b, toks[:, :-1], dc, sc),
+                                   B.loss(s, b, d, toks, dc, sc)),
+    static_argnums=(4, 5))
+_forward = jax.jit(lambda p, t, cfg: M.forward(p, t, cfg)[0],
+                   static_argnums=2)
+
+
+def test_identity_bridges_between_copies_reproduce_the_model():
+  params = _trained_like(M.init_params(SPARSE, 0))
+  batch = _tokens(l=17)
+  paths, (total, terms) = _paths_and_loss(
+      params, params, _identity_bridges(SPARSE), batch, SPARSE, SPARSE)
+  want = paths["dense"]
+  np.testing.assert_array_equal(paths["sparse"], want)
+  for direction in ("d2s", "s2d"):
+    assert len(paths[direction]) == 2 * SPARSE.n_layer
+    for j, got in enumerate(paths[direction]):
+      np.testing.assert_array_equal(got, want, err_msg=f"{direction} at {j}")
+  for t in B.TERMS:  # identical models, identity maps: nothing to bridge
+    np.testing.assert_array_equal(terms[t], 0.0, err_msg=t)
+  assert float(total) == float(terms["lm"])
+
+
+def test_hybrid_runs_each_model_on_its_side_of_the_switch():
+  a = _trained_like(M.init_params(SPARSE, 0), seed=1)
+  b = _trained_like(M.init_params(SPARSE, 7), seed=2)
+  batch = _tokens(l=17)
+  paths, _ = _paths_and_loss(a, b, _identity_bridges(SPARSE), batch, SPARSE,
+                             SPARSE)
+  spliced = [_forward(_splice(a, b, j, SPARSE.n_layer), batch[:, :-1], SPARSE)
+             for j in range(5)]  # j = 4: all of a, with b's head
+  for j, got in enumerate(paths["d2s"]):
+    np.testing.assert_allclose(got, spliced[j], rtol=0, atol=1e-5,
+                               err_msg=f"switch {j}")
+    assert np.max(np.abs(np.asarray(got - spliced[j + 1]))) > 1e-3, (
+        f"switch {j} runs the same as switch {j + 1}")
+  with pytest.raises(ValueError, match="n_layer"):
+    B.init_params(dataclasses.replace(DENSE, n_layer=3), SPARSE, 0)
+  with pytest.raises(ValueError, match="start=4"):
+    M.forward_from(a, paths["h_dense"][0], batch[:, :-1], SPARSE, 4)
+  np.testing.assert_allclose(  # one switch-point call, the same path
+      B.hybrid_logits(a, b, _identity_bridges(SPARSE), batch[:, :-1], SPARSE,
+                      SPARSE, 1, "d2s"), spliced[1], rtol=0, atol=1e-5)
+
+
+def test_short_bridge_training_lowers_nmse_and_kl():
+  sparse_cfg = dataclasses.replace(SPARSE, n_layer=1)  # half the compile
+  dense_cfg = dataclasses.replace(DENSE, n_layer=1)
+  dense = _trained_like(M.init_params(dense_cfg, 0), seed=3)
+  dense["lm_head"]["kernel"] = dense["lm_head"]["kernel"] * 40  # peaked y_d
+  sparse = M.init_params(sparse_cfg, 1)
+  bridges = B.init_params(dense_cfg, sparse_cfg, 2)
+  k = int(0.25 * sparse_cfg.d_model)
+  rng = np.random.default_rng(0)
+  tx = optax.adam(1e-2)
+  state = (sparse, bridges)
+  opt = tx.init(state)
+
+  @jax.jit
+  def step(state, opt, batch):
+    def f(state):
+      return B.loss(state[0], state[1], dense, batch, dense_cfg, sparse_cfg,
+                    k)
+    (_, terms), g = jax.value_and_grad(f, has_aux=True)(state)
+    upd, opt = tx.update(g, opt, state)
+    return optax.apply_updates(state, upd), opt, terms
+
+  sums = []
+  for _ in range(60):
+    batch = jnp.asarray(rng.integers(0, 64, (8, 17)), jnp.int32)
+    state, opt, terms = step(state, opt, batch)
+    sums.append({t: float(jnp.sum(v)) for t, v in terms.items()})
+  first, last = sums[0], np.mean([[s[t] for t in B.TERMS] for s in sums[-5:]],
+                                 axis=0)
+  for t, end in zip(B.TERMS, last):
+    assert end < 0.7 * first[t], (t, first[t], end)
+
+
+def test_steering_at_strength_zero_leaves_the_dense_model_unchanged():
+  dense = _trained_like(M.init_params(DENSE, 0), seed=3)
+  sparse = _trained_like(M.init_params(SPARSE, 1), seed=4)
+  bridges = B.init_params(DENSE, SPARSE, 2)
+  presented, counterfactual = _tokens(seed=5), _tokens(seed=6)
+  assert steer.node_bridge("1.mlp.act_in") == (3, "1.resid_mid")
+  site = "0.mlp.act_in"  # layer 1's attention carries earlier tokens' change
+  j, resid = steer.node_bridge(site)
+  assert (j, resid) == (1, "0.resid_mid")
+  with pytest.raises(ValueError, match="residual read node"):
+    steer.node_bridge("1.mlp.post_act")
+  ratio = steer.rms_ratio(dense, DENSE, sparse, SPARSE, presented, site)
+  assert ratio > 0
+  delta = steer.perturbation(sparse, SPARSE, bridges, site, 5, presented,
+                             counterfactual, ratio)
+  assert delta.shape == (4, 16, DENSE.d_model)
+  assert float(jnp.max(jnp.abs(delta))) > 0
+  answers = jnp.arange(4)
+  probs = steer.answer_prob(dense, DENSE, presented, resid, delta,
+                            [0.0, 1.0], answers)
+  plain = jax.jit(lambda p, t: jnp.exp(jax.nn.log_softmax(
+      M.forward(p, t, DENSE)[0][:, -1], axis=-1)))(dense, presented)
+  np.testing.assert_array_equal(probs[0], plain[jnp.arange(4), answers])
+  assert np.max(np.abs(probs[1] - probs[0])) > 1e-4, "strength 1 does nothing"
+  ctrl = steer.random_like(delta, seed=0)
+  np.testing.assert_allclose(jnp.linalg.norm(ctrl, axis=-1),
+                             jnp.linalg.norm(delta, axis=-1), rtol=1e-5)
