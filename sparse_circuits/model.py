@@ -338,8 +338,7 @@ def forward(params: Mapping[str, Any], tokens_BxL, cfg: ModelConfig,
 def sublayer_sites(cfg: ModelConfig) -> list[str]:
   """The residual-stream site each sublayer reads, in forward order: sublayer
   2i is attention i (reads `{i}.resid_in`), 2i+1 is MLP i (`{i}.resid_mid`)."""
-  return [f"{i}.{s}" for i in range(cfg.n_layer)
-          for s in ("resid_in", "resid_mid")]
+  return sites_lib.sublayer_sites(cfg.n_layer)
 
 
 def forward_from(params: Mapping[str, Any], resid_BxLxD, tokens_BxL,

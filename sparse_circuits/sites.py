@@ -47,6 +47,11 @@ NODE_KINDS = {
     "mlp.resid_delta": "resid_write",
 }
 
+# What each sublayer reads, in forward order (sublayer 2i is attention i,
+# 2i+1 is MLP i): the residual stream before its RMSNorm (where bridges
+# splice two models, paper §2.3) and the node site that reads it after.
+SUBLAYER_INPUTS = (("resid_in", "attn.act_in"), ("resid_mid", "mlp.act_in"))
+
 
 def site_names(n_layer: int) -> list[str]:
   """Every activation site of an n_layer model, in forward order."""
@@ -65,3 +70,19 @@ def split(name: str) -> tuple[int | None, str]:
 def kind(name: str) -> str | None:
   """The node kind of a site name (with or without its layer), else None."""
   return NODE_KINDS.get(split(name)[1])
+
+
+def sublayer_sites(n_layer: int) -> list[str]:
+  """The residual site each of the 2·n_layer sublayers reads, in order."""
+  return [f"{i}.{resid}" for i in range(n_layer)
+          for resid, _ in SUBLAYER_INPUTS]
+
+
+def sublayer_of_read(name: str) -> int:
+  """The sublayer whose residual read node `name` is ("1.mlp.act_in" -> 3)."""
+  layer, rest = split(name)
+  reads = [read for _, read in SUBLAYER_INPUTS]
+  if layer is None or rest not in reads:
+    raise ValueError(f"{name!r} is not a residual read site; those are "
+                     f"'{{i}}.{reads[0]}' and '{{i}}.{reads[1]}'")
+  return 2 * layer + reads.index(rest)

@@ -18,7 +18,6 @@ Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
 """
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -26,19 +25,16 @@ import numpy as np
 
 from sparse_circuits import bridge as bridge_lib
 from sparse_circuits import model as model_lib
-
-_NODE_SITE = re.compile(r"^(\d+)\.(attn|mlp)\.act_in$")
+from sparse_circuits import sites as sites_lib
 
 
 def node_bridge(site: str) -> tuple[int, str]:
   """A residual read site -> (bridge index, residual site it reads)."""
-  m = _NODE_SITE.match(site)
-  if not m:
-    raise ValueError(f"steering needs a residual read node "
-                     f"('{{i}}.attn.act_in' or '{{i}}.mlp.act_in'), got "
-                     f"{site!r}")
-  i, sub = int(m.group(1)), m.group(2)
-  return 2 * i + (sub == "mlp"), f"{i}.{'resid_in' if sub == 'attn' else 'resid_mid'}"
+  try:
+    j = sites_lib.sublayer_of_read(site)
+  except ValueError as e:
+    raise ValueError(f"steering needs a residual read node: {e}") from None
+  return j, sites_lib.sublayer_sites(j // 2 + 1)[j]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "site"))
