@@ -161,6 +161,21 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # imported model's, else one derived from this run's tokenizer files.
   c.interop.tokenizer_name = ""
 
+  # Bridges to a frozen dense run (--mode=bridge; sparse_circuits/bridge.py)
+  # and steering the dense run through a circuit node (--mode=steer).
+  c.bridge = ml_collections.ConfigDict()
+  c.bridge.dense_workdir = ""      # the dense run: ours, or --mode=import'ed
+  c.bridge.encoder_afrac = 0.25    # encoder AbsTopK (of the sparse width); 0 = off
+  c.bridge.coefs = ml_collections.ConfigDict(
+      {"nmse_d2s": 1.0, "nmse_s2d": 1.0, "kl_d2s": 1.0, "kl_s2d": 1.0})
+  c.steer = ml_collections.ConfigDict()
+  c.steer.task = "single_double_quote"
+  c.steer.node = ""                # "site:index"; "" = the circuit's residual
+                                   # read node with the largest ablation effect
+  c.steer.strengths = tuple(i / 10 for i in range(11))
+  c.steer.random_seeds = (0, 1, 2, 3, 4)
+  c.steer.reference_batches = 4    # pretraining batches for the RMS ratio
+
   return c
 
 
@@ -224,6 +239,20 @@ def validate(c) -> None:
   _require(0 < c.prune.target_loss, "prune.target_loss", "must be positive")
   _require(c.tasks.get("suite", "paper") in ("paper", "all"), "tasks.suite",
            f"must be 'paper' or 'all', got {c.tasks.get('suite')!r}")
+  if "bridge" in c:
+    b = c.bridge
+    _require(0.0 <= b.encoder_afrac <= 1.0, "bridge.encoder_afrac",
+             f"must be in [0, 1] (0 = off), got {b.encoder_afrac}")
+    for k, v in b.coefs.items():
+      _require(v >= 0, f"bridge.coefs.{k}", f"must be >= 0, got {v}")
+  if "steer" in c:
+    st = c.steer
+    _require(len(st.strengths) > 0 and min(st.strengths) >= 0,
+             "steer.strengths", "needs at least one strength, all >= 0")
+    _require(len(st.random_seeds) > 0, "steer.random_seeds",
+             "needs at least one seed for the random control")
+    _require(st.reference_batches > 0, "steer.reference_batches",
+             "must be positive")
   if s.enabled:
     cfg = model_lib.ModelConfig.from_config(m)
     sparsity.make_plan(

@@ -18,6 +18,8 @@ Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
 """
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,10 @@ import numpy as np
 
 from sparse_circuits import bridge as bridge_lib
 from sparse_circuits import model as model_lib
+from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
+
+_log = reporting.get(__name__)
 
 
 def node_bridge(site: str) -> tuple[int, str]:
@@ -121,3 +126,127 @@ def answer_prob(dense_params, dense_cfg, tokens_BxL, resid_site, delta_BxLxD,
   return np.stack([np.asarray(_answer_prob(
       dense_params, dense_cfg, tokens_BxL, resid_site, delta_BxLxD,
       jnp.float32(s), answer_B, last_B)) for s in strengths])
+
+
+# ---------------------------------------------------------------- the mode
+
+
+def pick_node(circuit_doc: dict, node: str = "") -> dict:
+  """The node to steer through: `node` ("site:index") if given, else the
+  circuit's residual read node with the largest ablation effect."""
+  if node:
+    site, _, index = node.rpartition(":")
+    if not site or not index.isdigit():
+      raise ValueError(f"config.steer.node={node!r}: want 'site:index', e.g. "
+                       "'1.attn.act_in:17'")
+    node_bridge(site)  # a residual read site, or a clear error
+    for n in circuit_doc.get("nodes", []):
+      if n["site"] == site and n["index"] == int(index):
+        return n
+    return {"site": site, "index": int(index), "ablation_delta": None}
+  reads = [n for n in circuit_doc.get("nodes", [])
+           if sites_lib.kind(n["site"]) == "resid_read"]
+  if not reads:
+    raise ValueError(
+        f"the circuit of {circuit_doc['task']['name']!r} keeps no residual "
+        "read node (attn.act_in / mlp.act_in); name one with "
+        "config.steer.node='site:index'")
+  return max(reads, key=lambda n: (n.get("ablation_delta") is not None,
+                                   n.get("ablation_delta") or 0.0,
+                                   n.get("tau", 0.0)))
+
+
+def pairs(data):
+  """(rows, partner rows, last positions) of the prompts whose pair partner
+  has the same length, so that the two align token by token."""
+  n = len(data.target) - len(data.target) % 2
+  last = getattr(data, "last", None)
+  last = (np.full(n, data.tokens.shape[1] - 1, np.int32) if last is None
+          else np.asarray(last[:n], np.int32))
+  rows = np.arange(n)
+  partner = rows ^ 1
+  keep = last[rows] == last[partner]
+  return rows[keep], partner[keep], last[keep]
+
+
+def _curve(probs_SxB) -> list[float]:
+  return [float(x) for x in np.mean(probs_SxB, axis=1)]
+
+
+def sweep(dense_params, dense_cfg, sparse_params, sparse_cfg, bridges, node,
+          data, reference_BxL, strengths, seeds) -> dict:
+  """Dense P(counterfactual answer) vs strength through `node` and through
+  random directions of the same norm (one curve per seed)."""
+  site, channel = node["site"], int(node["index"])
+  j, resid = node_bridge(site)
+  rows, partner, last = pairs(data)
+  if not len(rows):
+    raise ValueError("no prompt pair of equal length to steer with")
+  tokens = jnp.asarray(data.tokens)
+  presented, counterfactual = tokens[rows], tokens[partner]
+  answer = np.asarray(data.target)[partner]  # the counterfactual's answer
+  ratio = rms_ratio(dense_params, dense_cfg, sparse_params, sparse_cfg,
+                    reference_BxL, site)
+  delta = perturbation(sparse_params, sparse_cfg, bridges, site, channel,
+                       presented, counterfactual, ratio)
+  prob = lambda d: answer_prob(dense_params, dense_cfg, presented, resid, d,
+                               strengths, answer, last)
+  bridge_probs = prob(delta)
+  random = {int(s): _curve(prob(random_like(delta, int(s)))) for s in seeds}
+  norms = np.asarray(jnp.linalg.norm(delta, axis=-1))
+  return {
+      "node": {k: node.get(k) for k in ("site", "index", "ablation_delta",
+                                        "tau")},
+      "bridge": j, "dense_site": resid, "rms_ratio": ratio,
+      "n_prompts": int(len(rows)),
+      "delta_norm_mean": float(norms.mean()),
+      "strengths": [float(s) for s in strengths],
+      "p_counterfactual": _curve(bridge_probs),
+      "p_counterfactual_random": random,
+      "p_counterfactual_random_mean": [
+          float(x) for x in np.mean(list(random.values()), axis=0)],
+  }
+
+
+def run(config, workdir: str) -> dict:
+  """`--mode=steer`: WORKDIR is a bridged sparse run (--mode=bridge) with a
+  circuit for config.steer.task (--mode=prune). Writes
+  WORKDIR/circuits/<task>/steer.json and adds the plot to that circuit's
+  page."""
+  from sparse_circuits import data as data_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
+  st = config.steer
+  sparse = runs.load(workdir, overlay=config)
+  dense_wd = (config.bridge.dense_workdir if "bridge" in config else "") or (
+      sparse.config.bridge.dense_workdir if "bridge" in sparse.config else "")
+  if not dense_wd:
+    raise ValueError(f"--mode=steer: {workdir} names no dense run; set "
+                     "config.bridge.dense_workdir")
+  dense = runs.load(dense_wd)
+  bridges = bridge_lib.restore(workdir, dense.cfg, sparse.cfg, sparse.step)
+  circ = sparse.circuit(st.task)
+  node = pick_node(circ.doc, st.node)
+  info = data_lib.prepare(sparse.config, workdir, reuse=True)
+  reference = np.concatenate(data_lib.eval_batches(
+      sparse.config, info, st.reference_batches))[:, :-1]
+  doc = sweep(dense.params, dense.cfg, sparse.params, sparse.cfg, bridges,
+              node, circ.task().test, jnp.asarray(reference), st.strengths,
+              st.random_seeds)
+  doc = {"task": st.task, "dense_workdir": os.path.abspath(dense_wd),
+         "dense_step": dense.step, "sparse_step": sparse.step, **doc}
+  out_dir = os.path.join(workdir, "circuits", st.task)
+  path = os.path.join(out_dir, "steer.json")
+  with open(path, "w") as f:
+    json.dump(doc, f, indent=1)
+  page = viz.write_circuit_page(
+      circ.doc, os.path.join(out_dir, "index.html"),
+      viz.read_metrics(os.path.join(workdir, "metrics.jsonl")),
+      index_href="../../index.html", steer=doc)
+  p, r = doc["p_counterfactual"], doc["p_counterfactual_random_mean"]
+  _log.info(f"steer {st.task} through {node['site']}:{node['index']} "
+            f"({doc['n_prompts']} prompts): P(counterfactual) "
+            f"{p[0]:.4f} -> {p[-1]:.4f} at strength {doc['strengths'][-1]:g}"
+            f"; random direction {r[0]:.4f} -> {r[-1]:.4f}; wrote {path}, "
+            f"{page}")
+  return doc

@@ -190,7 +190,8 @@ def _page(title: str, body: str, data: dict) -> str:
 
 def write_circuit_page(circuit: dict, out_path: str | os.PathLike,
                        metrics: list[dict] | None = None, *,
-                       index_href: str | None = None) -> str:
+                       index_href: str | None = None,
+                       steer: dict | None = None) -> str:
   """Writes the viewer for one circuit; returns the file's path.
 
   out_path is the .html file or a directory (then DIR/index.html). metrics are
@@ -209,8 +210,62 @@ def write_circuit_page(circuit: dict, out_path: str | os.PathLike,
                       "csv": edges_csv(c), "dot": graph_dot(c)}}
   body = (f'<div id="app"><noscript>Circuit {html.escape(name)}: this page '
           "draws with JavaScript.</noscript></div>")
+  if steer:
+    body += _steer_section(steer)
   out.write_text(_page(f"{name} — circuit", body, data), encoding="utf-8")
   return str(out)
+
+
+def steer_svg(doc: dict, width: int = 420, height: int = 260) -> str:
+  """A line plot of the sweep: the bridge direction against the random
+  controls (thin) and their mean (dashed)."""
+  xs, pad = doc["strengths"], 40
+  ys = [doc["p_counterfactual"], doc["p_counterfactual_random_mean"],
+        *doc["p_counterfactual_random"].values()]
+  top = max(1e-6, max(max(y) for y in ys)) * 1.05
+  x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+  def pts(y):
+    return " ".join(
+        f"{pad + (x - x0) / (x1 - x0) * (width - 1.5 * pad):.1f},"
+        f"{height - pad - v / top * (height - 1.5 * pad):.1f}"
+        for x, v in zip(xs, y))
+
+  lines = [f'<polyline points="{pts(y)}" fill="none" stroke="#bbb" '
+           'stroke-width="1"/>' for y in doc["p_counterfactual_random"].values()]
+  lines.append(f'<polyline points="{pts(doc["p_counterfactual_random_mean"])}"'
+               ' fill="none" stroke="#888" stroke-width="2" '
+               'stroke-dasharray="5,4"/>')
+  lines.append(f'<polyline points="{pts(doc["p_counterfactual"])}" '
+               'fill="none" stroke="#d62728" stroke-width="2.5"/>')
+  axes = (f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad / 2}" '
+          f'y2="{height - pad}" stroke="#444"/><line x1="{pad}" '
+          f'y1="{pad / 2}" x2="{pad}" y2="{height - pad}" stroke="#444"/>'
+          f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" '
+          f'font-size="12">steering strength ({x0:g} to {x1:g})</text>'
+          f'<text x="12" y="{height / 2}" font-size="12" '
+          f'transform="rotate(-90 12 {height / 2})" text-anchor="middle">'
+          f'P(counterfactual answer), max {top / 1.05:.3g}</text>'
+          f'<text x="{pad + 8}" y="{pad / 2 + 12}" font-size="12" '
+          'fill="#d62728">bridge direction</text>'
+          f'<text x="{pad + 8}" y="{pad / 2 + 26}" font-size="12" '
+          'fill="#888">random, same norm</text>')
+  return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+          f'height="{height}" role="img">{axes}{"".join(lines)}</svg>')
+
+
+def _steer_section(doc: dict) -> str:
+  """The steering sweep (steer.json) as a plot and one line of figures."""
+  node, p = doc["node"], doc["p_counterfactual"]
+  r = doc["p_counterfactual_random_mean"]
+  text = (f"Dense model steered through sparse node "
+          f"<code>{html.escape(str(node['site']))}:{node['index']}</code> "
+          f"(bridge {doc['bridge']}, {doc['n_prompts']} prompts): "
+          f"P(counterfactual answer) {_f(p[0])} &rarr; {_f(p[-1])}; random "
+          f"direction of the same norm {_f(r[0])} &rarr; {_f(r[-1])}.")
+  return ('<div class="page">' + _section(
+      "Steering the dense model", f"<p>{text}</p>" + steer_svg(doc))
+          + "</div>")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -319,8 +374,12 @@ def run(config: Any, workdir: str | os.PathLike) -> list[str]:
     except json.JSONDecodeError as err:
       raise ValueError(f"--mode=report: {path} is not valid JSON: {err}"
                        ) from err
+    steer_path = path.parent / "steer.json"
+    steer = (json.loads(steer_path.read_text(encoding="utf-8"))
+             if steer_path.is_file() else None)
     written.append(write_circuit_page(circuit, path.parent / "index.html",
-                                      metrics, index_href="../../index.html"))
+                                      metrics, index_href="../../index.html",
+                                      steer=steer))
     written += write_exports(circuit, path.parent)
   written.append(write_run_index(wd))
   for p in written:

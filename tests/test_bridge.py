@@ -3,6 +3,7 @@ it should, a short joint training lowers the bridge losses, and steering at
 strength 0 is a no-op."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import pytest
 from sparse_circuits import bridge as B
 from sparse_circuits import model as M
 from sparse_circuits import steer
+from sparse_circuits import viz
 
 SPARSE = M.ModelConfig(n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=128,
                        block_size=16, vocab_size=64, afrac=0.25)
@@ -140,26 +142,46 @@ def test_steering_at_strength_zero_leaves_the_dense_model_unchanged():
   dense = _trained_like(M.init_params(DENSE, 0), seed=3)
   sparse = _trained_like(M.init_params(SPARSE, 1), seed=4)
   bridges = B.init_params(DENSE, SPARSE, 2)
-  presented, counterfactual = _tokens(seed=5), _tokens(seed=6)
   assert steer.node_bridge("1.mlp.act_in") == (3, "1.resid_mid")
-  site = "0.mlp.act_in"  # layer 1's attention carries earlier tokens' change
-  j, resid = steer.node_bridge(site)
-  assert (j, resid) == (1, "0.resid_mid")
   with pytest.raises(ValueError, match="residual read node"):
     steer.node_bridge("1.mlp.post_act")
-  ratio = steer.rms_ratio(dense, DENSE, sparse, SPARSE, presented, site)
-  assert ratio > 0
-  delta = steer.perturbation(sparse, SPARSE, bridges, site, 5, presented,
-                             counterfactual, ratio)
-  assert delta.shape == (4, 16, DENSE.d_model)
-  assert float(jnp.max(jnp.abs(delta))) > 0
-  answers = jnp.arange(4)
-  probs = steer.answer_prob(dense, DENSE, presented, resid, delta,
-                            [0.0, 1.0], answers)
+  # Rows 2i, 2i+1 form pair i (as in a task); each row's counterfactual is
+  # its partner, whose answer is the partner's target.
+  toks = _tokens(b=8, seed=5)
+  data = types.SimpleNamespace(tokens=np.asarray(toks), target=np.arange(8),
+                               last=None)
+  # Layer 1's attention carries the change at earlier tokens to the last one.
+  node = {"site": "0.mlp.act_in", "index": 5}
+  doc = steer.sweep(dense, DENSE, sparse, SPARSE, bridges, node, data,
+                    _tokens(seed=9), [0.0, 1.0], seeds=(0, 1))
+  assert (doc["bridge"], doc["dense_site"]) == (1, "0.resid_mid")
+  assert doc["n_prompts"] == 8 and doc["delta_norm_mean"] > 0
   plain = jax.jit(lambda p, t: jnp.exp(jax.nn.log_softmax(
-      M.forward(p, t, DENSE)[0][:, -1], axis=-1)))(dense, presented)
-  np.testing.assert_array_equal(probs[0], plain[jnp.arange(4), answers])
-  assert np.max(np.abs(probs[1] - probs[0])) > 1e-4, "strength 1 does nothing"
+      M.forward(p, t, DENSE)[0][:, -1], axis=-1)))(dense, toks)
+  want = float(np.mean(np.asarray(plain)[np.arange(8), np.arange(8) ^ 1]))
+  assert doc["p_counterfactual"][0] == want  # exactly: strength 0 is a no-op
+  assert all(c[0] == want for c in doc["p_counterfactual_random"].values())
+  assert abs(doc["p_counterfactual"][1] - want) > 1e-5, "strength 1 is a no-op"
+  delta = steer.perturbation(sparse, SPARSE, bridges, node["site"], 5,
+                             toks[0::2], toks[1::2], doc["rms_ratio"])
   ctrl = steer.random_like(delta, seed=0)
   np.testing.assert_allclose(jnp.linalg.norm(ctrl, axis=-1),
                              jnp.linalg.norm(delta, axis=-1), rtol=1e-5)
+  assert viz.steer_svg(doc).count("<polyline") == 2 + 2
+
+
+def test_default_steering_node_is_the_read_node_with_the_largest_effect():
+  doc = {"task": {"name": "t"}, "nodes": [
+      {"site": "0.attn.act_in", "index": 3, "ablation_delta": 0.2, "tau": 1},
+      {"site": "1.mlp.post_act", "index": 9, "ablation_delta": 5.0, "tau": 1},
+      {"site": "1.mlp.act_in", "index": 7, "ablation_delta": 0.9, "tau": 1},
+      {"site": "1.attn.act_in", "index": 1, "ablation_delta": None, "tau": 9}]}
+  assert steer.pick_node(doc)["index"] == 7
+  assert steer.pick_node(doc, "0.attn.act_in:3")["ablation_delta"] == 0.2
+  assert steer.pick_node(doc, "0.attn.act_in:4")["index"] == 4
+  with pytest.raises(ValueError, match="site:index"):
+    steer.pick_node(doc, "0.attn.act_in")
+  with pytest.raises(ValueError, match="residual read"):
+    steer.pick_node(doc, "1.mlp.post_act:9")
+  with pytest.raises(ValueError, match="keeps no residual read node"):
+    steer.pick_node({"task": {"name": "t"}, "nodes": doc["nodes"][1:2]})
