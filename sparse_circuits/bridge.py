@@ -29,6 +29,7 @@ Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
 """
 
 import functools
+import os
 from typing import Any, Mapping
 
 import jax
@@ -197,3 +198,85 @@ def loss(sparse_params, bridges, dense_params, batch_BxL1, dense_cfg,
   terms["lm"] = jnp.mean(model_lib.token_nll(p["sparse"], batch_BxL1[:, 1:]))
   total = terms["lm"] + sum(coefs[t] * jnp.sum(terms[t]) for t in TERMS)
   return total, terms
+
+
+# ---------------------------------------------------------------- the mode
+
+
+def metrics(terms) -> dict:
+  """Scalars for the metrics log: each family's sum and each bridge's value
+  (`kl_d2s/3`), and the sparse model's own LM loss as `lm_loss`."""
+  out = {"lm_loss": terms["lm"]}
+  for t in TERMS:
+    out[t] = jnp.sum(terms[t])
+    for j in range(terms[t].shape[0]):
+      out[f"{t}/{j}"] = terms[t][j]
+  return out
+
+
+def objective(config, dense_run):
+  """The `train.Objective` of a bridged run: the sparse model of `config`
+  and its bridges, trained against `dense_run` (a `runs.Run`, frozen)."""
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sharding  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
+  dense_cfg, sparse_cfg = dense_run.cfg, runs.model_config(config)
+  check_pair(dense_cfg, sparse_cfg)
+  if dense_cfg.block_size < sparse_cfg.block_size:
+    raise ValueError(
+        f"config.model.block_size={sparse_cfg.block_size} exceeds the dense "
+        f"model's context ({dense_cfg.block_size}); it cannot read such "
+        "windows")
+  mesh = sharding.make_mesh(config.mesh)
+  frozen_sh = sharding.tree_shardings(
+      model_lib.abstract_params(dense_cfg), mesh,
+      [tuple(r) for r in config.mesh.rules])
+  encoder_k = int(config.bridge.encoder_afrac * sparse_cfg.d_model)
+  coefs = dict(config.bridge.coefs)
+
+  def loss_fn(state, dense_params, batch):
+    total, terms = loss(state["model"], state["bridges"], dense_params, batch,
+                        dense_cfg, sparse_cfg, encoder_k, coefs)
+    return total, metrics(terms)
+
+  return train.Objective(
+      abstract_extras={"bridges": abstract_params(dense_cfg, sparse_cfg)},
+      init_extras=lambda seed: {
+          "bridges": init_params(dense_cfg, sparse_cfg, seed + 1)},
+      loss=loss_fn, frozen=jax.device_put(dense_run.params, frozen_sh),
+      frozen_shardings=frozen_sh)
+
+
+def _bridged_config(config, dense_workdir: str, tokenizer_dir: str):
+  """The config with the dense run's path made absolute and its tokenizer
+  (a bridged model must read the dense model's token ids)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.bridge.dense_workdir = os.path.abspath(dense_workdir)
+    if not config.data.tokenizer_dir:
+      config.data.tokenizer_dir = os.path.abspath(tokenizer_dir)
+  return config
+
+
+def run(config, workdir: str):
+  """`--mode=bridge`: trains (or resumes) the sparse model of `config` with
+  bridges to the frozen dense run `config.bridge.dense_workdir`, with the
+  training loop of `--mode=train` (sparsity, optimizer, sharding, resumable
+  checkpoints, metrics). The bridges are saved beside the params."""
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
+  dense_wd = config.bridge.dense_workdir
+  if not dense_wd:
+    raise ValueError("config.bridge.dense_workdir: name the dense run to "
+                     "bridge to (one of ours, or one --mode=import'ed)")
+  dense = runs.load(dense_wd)
+  config = _bridged_config(config, dense_wd,
+                           runs.tokenizer_dir(dense.config, dense_wd))
+  return train.run(config, workdir, objective=objective(config, dense))
+
+
+def restore(workdir: str, dense_cfg, sparse_cfg, step=None) -> dict:
+  """A bridged run's bridges (the latest checkpoint, or `step`)."""
+  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.restore_extra(
+      workdir, "bridges", abstract_params(dense_cfg, sparse_cfg), step)

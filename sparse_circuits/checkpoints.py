@@ -3,6 +3,8 @@
 `params` and `opt_state` are separate items so that the prune and eval
 programs restore parameters only and never build an optimizer. `meta` holds
 the step and the run's config (JSON); `data` the grain iterator's position.
+A bridged run (`--mode=bridge`) adds its bridges as an item of their own
+(`EXTRA_ITEMS`), beside the model's `params`.
 
 Restoring falls back: a node that died mid-write, a disk that filled up or a
 copy cut short leaves a step whose files are damaged, and Orbax keeps the
@@ -33,6 +35,8 @@ from sparse_circuits.errors import CheckpointError
 _log = reporting.get(__name__)
 
 DAMAGED_SUFFIX = ".damaged"
+# Trained state that is not the model's parameters, each its own item.
+EXTRA_ITEMS = ("bridges",)
 
 
 def ckpt_dir(workdir: str) -> str:
@@ -50,7 +54,9 @@ def manager(workdir: str, keep: int = 2, async_save: bool = True,
       item_handlers={"params": ocp.StandardCheckpointHandler(),
                      "opt_state": ocp.StandardCheckpointHandler(),
                      "meta": ocp.JsonCheckpointHandler(),
-                     "data": grain.checkpoint.CheckpointHandler()})
+                     "data": grain.checkpoint.CheckpointHandler(),
+                     **{k: ocp.StandardCheckpointHandler()
+                        for k in EXTRA_ITEMS}})
 
 
 def _no_checkpoint(workdir: str) -> CheckpointError:
@@ -66,13 +72,16 @@ def _reader(workdir: str):
   return manager(workdir, async_save=False, create=False)
 
 
-def save(mngr, step: int, params, opt_state, config, data_iter=None):
+def save(mngr, step: int, params, opt_state, config, data_iter=None,
+         extras=None):
+  """`extras`: {name in EXTRA_ITEMS: tree} saved beside the params."""
   import grain  # pylint: disable=g-import-not-at-top
   items = dict(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
       meta=ocp.args.JsonSave({"step": int(step),
-                              "config": json.loads(config.to_json())}))
+                              "config": json.loads(config.to_json())}),
+      **{k: ocp.args.StandardSave(v) for k, v in (extras or {}).items()})
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items))
@@ -190,10 +199,11 @@ def restore_newest(mngr, restore_step: Callable[[int], Any],
 
 
 def restore_latest(mngr, abstract_params, abstract_opt_state=None,
-                   data_iter=None, step=None):
+                   data_iter=None, step=None, abstract_extras=None):
   """((params, opt_state or None, meta), step) of the newest step that
   restores completely, restored onto the abstract shardings; (None, None)
-  when there is no checkpoint."""
+  when there is no checkpoint. With `abstract_extras` ({name: tree}),
+  meta["extras"] holds those items."""
   import grain  # pylint: disable=g-import-not-at-top
 
   def restore_step(s):
@@ -203,13 +213,18 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None,
     _check_shapes(_item_metadata(mngr, s).get("params"), abstract_params,
                   mngr.directory, s)
     items = dict(params=ocp.args.StandardRestore(abstract_params),
-                 meta=ocp.args.JsonRestore())
+                 meta=ocp.args.JsonRestore(),
+                 **{k: ocp.args.StandardRestore(v)
+                    for k, v in (abstract_extras or {}).items()})
     if abstract_opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = mngr.restore(s, args=ocp.args.Composite(**items))
-    return out["params"], out.get("opt_state"), out["meta"]
+    meta = dict(out["meta"])
+    if abstract_extras:
+      meta["extras"] = {k: out[k] for k in abstract_extras}
+    return out["params"], out.get("opt_state"), meta
 
   return restore_newest(mngr, restore_step, step)
 
@@ -251,6 +266,27 @@ def restore_params(workdir: str, abstract_params, step=None):
   if step is None:
     raise _no_checkpoint(workdir)
   return params, step
+
+
+def restore_extra(workdir: str, name: str, abstract, step=None):
+  """One extra item (e.g. a bridged run's bridges) of the newest readable
+  step, or of `step`."""
+  with _reader(workdir) as mngr:
+
+    def restore_step(s):
+      stored = _item_metadata(mngr, s).get(name)
+      if stored is None:
+        raise CheckpointError(
+            f"checkpoint {s} in {mngr.directory} holds no {name!r} item",
+            hint=f"is it a run of the mode that writes {name}?")
+      _check_shapes(stored, abstract, mngr.directory, s)
+      return mngr.restore(s, args=ocp.args.Composite(
+          **{name: ocp.args.StandardRestore(abstract)}))[name]
+
+    out, step = restore_newest(mngr, restore_step, step)
+  if step is None:
+    raise _no_checkpoint(workdir)
+  return out
 
 
 def _check_shapes(stored, expected, directory, step):

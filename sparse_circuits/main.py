@@ -30,6 +30,8 @@ MODES = {
     "train": "sparse_circuits.train:run",
     "eval": "sparse_circuits.evaluate:run",
     "prune": "sparse_circuits.prune:run",
+    "bridge": "sparse_circuits.bridge:run",
+    "steer": "sparse_circuits.steer:run",
     "report": "sparse_circuits.viz:run",
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",

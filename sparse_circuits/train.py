@@ -37,15 +37,37 @@ from sparse_circuits import sparsity
 _log = reporting.get(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What `run` trains when it is more than the model on its LM loss (the
+  default, `None`); `bridge.py` trains bridges with one.
+
+  The train state is then {"model": params, **extras}. The model's params
+  stay the checkpoint's `params` item (eval, prune and report read the run
+  unchanged); each extra is a checkpoint item of its own
+  (`checkpoints.EXTRA_ITEMS`). `loss(state, frozen, batch)` returns (loss,
+  {name: scalar}) for the metrics; `frozen` (e.g. a frozen model's
+  parameters) enters the jitted step as an argument placed with
+  `frozen_shardings`, not as a constant compiled into it.
+  """
+  abstract_extras: Any                 # {name: ShapeDtypeStruct tree}
+  init_extras: Callable[[int], dict]   # seed -> {name: tree}
+  loss: Callable
+  frozen: Any = None
+  frozen_shardings: Any = None
+
+
 @dataclasses.dataclass
 class Setup:
   """The run context (`runs.Context`) plus the optimizer and its state's
-  shapes and shardings."""
+  shapes and shardings. With an `objective`, the context's abstract params
+  and plan are those of the whole train state."""
   ctx: runs.Context
   tx: optax.GradientTransformation
   lr_fn: Callable
   abstract_opt_state: Any  # ShapeDtypeStructs carrying their shardings
   opt_shardings: Any
+  objective: Objective | None = None
 
   config = property(lambda self: self.ctx.config)
   cfg = property(lambda self: self.ctx.cfg)
@@ -55,8 +77,25 @@ class Setup:
   param_shardings = property(lambda self: self.ctx.param_shardings)
 
 
-def make_setup(config, devices=None) -> Setup:
+def _with_extras(ctx: runs.Context, objective: Objective) -> runs.Context:
+  """The context of the train state {"model": params, **extras}."""
+  plain = lambda t: jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+  abstract = {"model": plain(ctx.abstract_params),
+              **plain(dict(objective.abstract_extras))}
+  shardings = sharding.tree_shardings(
+      abstract, ctx.mesh, [tuple(r) for r in ctx.config.mesh.rules])
+  return dataclasses.replace(
+      ctx, plan=runs.sparsity_plan(ctx.config, abstract),
+      abstract_params=runs.with_shardings(abstract, shardings),
+      param_shardings=shardings)
+
+
+def make_setup(config, devices=None, objective: Objective | None = None
+               ) -> Setup:
   ctx = runs.context(config, devices)
+  if objective is not None:
+    ctx = _with_extras(ctx, objective)
   n_batch = math.prod(ctx.mesh.shape[a] for a in sharding.BATCH_AXES)
   if config.train.batch_size % n_batch:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is "
@@ -67,13 +106,16 @@ def make_setup(config, devices=None) -> Setup:
   abstract_opt = jax.eval_shape(tx.init, abstract)
   o_sh = sharding.tree_shardings(abstract_opt, ctx.mesh,
                                  [tuple(r) for r in config.mesh.rules])
-  return Setup(ctx, tx, lr_fn, runs.with_shardings(abstract_opt, o_sh), o_sh)
+  return Setup(ctx, tx, lr_fn, runs.with_shardings(abstract_opt, o_sh), o_sh,
+               objective)
 
 
 def init_state(setup: Setup, seed: int):
   """Fresh (params, opt_state), created directly with their shardings."""
   def init():
     params = model_lib.init_params(setup.cfg, seed)
+    if setup.objective is not None:
+      params = {"model": params, **setup.objective.init_extras(seed)}
     if setup.plan is not None:  # start exactly at the step-0 k (dense)
       params = sparsity.project(params, setup.plan, jnp.int32(0))
     return params, setup.tx.init(params)
@@ -86,7 +128,8 @@ def _post_act_sites(cfg):
 
 
 def make_train_step(setup: Setup):
-  """(params, opt_state, step, batch) -> (params, opt_state, metrics).
+  """(params, opt_state, step, batch[, frozen]) -> (params, opt_state,
+  metrics); `frozen` with an objective.
 
   With `train.microbatches = M` > 1 the global batch is split into M
   microbatches whose gradients a `lax.scan` sums inside the step, so only
@@ -100,7 +143,7 @@ def make_train_step(setup: Setup):
   optax.MultiSteps would make each microbatch a call of the step and so
   change the data position and the checkpoints.
   """
-  cfg, plan, tx = setup.cfg, setup.plan, setup.tx
+  cfg, plan, tx, objective = setup.cfg, setup.plan, setup.tx, setup.objective
   micro = int(setup.config.train.get("microbatches", 1))
   batch_size = setup.config.train.batch_size
   n_batch = math.prod(setup.mesh.shape[a] for a in sharding.BATCH_AXES)
@@ -110,7 +153,9 @@ def make_train_step(setup: Setup):
         f"train.microbatches={micro} microbatches of a multiple of the "
         f"mesh's batch axes ({n_batch} devices)")
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, frozen):
+    if objective is not None:  # (loss, {name: scalar})
+      return objective.loss(params, frozen, batch)
     logits, acts = model_lib.forward(params, batch[:, :-1], cfg,
                                      capture=_post_act_sites(cfg))
     loss = jnp.mean(model_lib.token_nll(logits, batch[:, 1:]))
@@ -119,54 +164,76 @@ def make_train_step(setup: Setup):
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulate(params, batch):
-    """(mean loss, per-neuron alive anywhere, mean grads) over microbatches."""
+  def accumulate(params, batch, frozen):
+    """(mean loss, aux, mean grads) over microbatches: a boolean aux (the
+    default's per-neuron alive) is alive anywhere, a number the mean."""
     rows = batch.reshape(batch_size // micro, micro, batch.shape[1])
     micro_batches = jax.lax.with_sharding_constraint(
         rows.swapaxes(0, 1), NamedSharding(setup.mesh,
                                            P(None, sharding.BATCH_AXES)))
 
     def body(carry, mb):
-      loss_sum, alive_any, grad_sum = carry
-      (loss, alive), grads = grad_fn(params, mb)
-      return (loss_sum + loss,
-              jax.tree.map(jnp.logical_or, alive_any, alive),
+      loss_sum, aux_sum, grad_sum = carry
+      (loss, aux), grads = grad_fn(params, mb, frozen)
+      return (loss_sum + loss, jax.tree.map(_merge, aux_sum, aux),
               jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(
         lambda p, sh: jax.lax.with_sharding_constraint(jnp.zeros_like(p), sh),
         params, setup.param_shardings)
-    alive0 = {k: jnp.zeros((cfg.d_mlp,), jnp.bool_)
-              for k in _post_act_sites(cfg)}
-    (loss_sum, alive, grad_sum), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.float32), alive0, zeros), micro_batches)
-    return loss_sum / micro, alive, jax.tree.map(lambda g: g / micro,
-                                                 grad_sum)
+    aux0 = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype),
+        jax.eval_shape(lambda mb: grad_fn(params, mb, frozen)[0][1],
+                       micro_batches[0]))
+    (loss_sum, aux, grad_sum), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), aux0, zeros), micro_batches)
+    aux = jax.tree.map(lambda a: a if a.dtype == jnp.bool_ else a / micro, aux)
+    return loss_sum / micro, aux, jax.tree.map(lambda g: g / micro, grad_sum)
 
-  def step_fn(params, opt_state, step, batch):
+  def step_fn(params, opt_state, step, batch, frozen=None):
     if micro == 1:
-      (loss, alive), grads = grad_fn(params, batch)
+      (loss, aux), grads = grad_fn(params, batch, frozen)
     else:
-      loss, alive, grads = accumulate(params, batch)
-    dead = sum(jnp.sum(~a) for a in alive.values())
+      loss, aux, grads = accumulate(params, batch, frozen)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))
                              for g in jax.tree.leaves(grads)))
-    metrics = dict(loss=loss, grad_norm=grad_norm,
-                   lr=setup.lr_fn(step), dead_neurons=dead)
+    metrics = dict(loss=loss, grad_norm=grad_norm, lr=setup.lr_fn(step))
+    if objective is None:  # aux: each MLP neuron alive anywhere in the batch
+      metrics["dead_neurons"] = sum(jnp.sum(~a) for a in aux.values())
+    else:
+      metrics.update(aux)
     if plan is not None:
       metrics["pfrac"] = plan.schedule.pfrac_at(step)
       metrics["l0"] = sparsity.l0(params, plan)
     return params, opt_state, metrics
 
   rep = sharding.replicated(setup.mesh)
+  in_shardings = (setup.param_shardings, setup.opt_shardings, rep,
+                  sharding.batch_sharding(setup.mesh))
+  if objective is not None:
+    in_shardings += (objective.frozen_shardings,)
   return jax.jit(
-      step_fn,
-      in_shardings=(setup.param_shardings, setup.opt_shardings, rep,
-                    sharding.batch_sharding(setup.mesh)),
+      step_fn, in_shardings=in_shardings,
       out_shardings=(setup.param_shardings, setup.opt_shardings, rep),
       donate_argnums=(0, 1))
+
+
+def _merge(total, x):
+  return jnp.logical_or(total, x) if x.dtype == jnp.bool_ else total + x
+
+
+def make_eval_step(setup: Setup):
+  """Jitted (state, global batch) -> the model's held-out LM loss."""
+  if setup.objective is None:
+    return runs.lm_eval_step(setup.ctx)
+  return jax.jit(
+      lambda state, batch: model_lib.lm_loss(state["model"], batch,
+                                             setup.cfg),
+      in_shardings=(setup.param_shardings,
+                    sharding.batch_sharding(setup.mesh)),
+      out_shardings=sharding.replicated(setup.mesh))
 
 
 class MetricsLog:
@@ -201,23 +268,38 @@ def _host_metrics(step, m):
   return row
 
 
+def _split(setup, state):
+  """(the checkpoint's params item, its extra items) of a train state."""
+  if setup.objective is None:
+    return state, None
+  return state["model"], {k: v for k, v in state.items() if k != "model"}
+
+
 def _restore_or_init(setup, config, mngr, it):
   """(params, opt_state, start_step): latest here, else init_from, else new."""
+  abstract, abstract_extras = _split(setup, setup.abstract_params)
   restored, _ = checkpoints.restore_latest(
-      mngr, setup.abstract_params, setup.abstract_opt_state, it)
+      mngr, abstract, setup.abstract_opt_state, it,
+      abstract_extras=abstract_extras)
   if restored is not None:
     params, opt_state, meta = restored
+    if abstract_extras:
+      params = {"model": params, **meta["extras"]}
     return params, opt_state, int(meta["step"])
   if not config.train.init_from:
     return (*init_state(setup, config.seed), 0)
-  params, _ = checkpoints.restore_params(config.train.init_from,
-                                         setup.abstract_params)
+  params, _ = checkpoints.restore_params(config.train.init_from, abstract)
+  if setup.objective is not None:  # the model from init_from, extras fresh
+    fresh, _ = init_state(setup, config.seed)
+    params = {**fresh, "model": params}
   opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
   return params, opt_state, 0
 
 
-def run(config, workdir: str, on_step: Callable[[int], Any] | None = None):
-  """`--mode=train`: train (or resume) and checkpoint into workdir.
+def run(config, workdir: str, on_step: Callable[[int], Any] | None = None,
+        objective: Objective | None = None):
+  """`--mode=train`: train (or resume) and checkpoint into workdir; with an
+  `objective`, what it says (e.g. `--mode=bridge`).
 
   Holds WORKDIR/LOCK throughout (one training process per workdir). On
   SIGTERM/SIGINT it finishes the step in flight, saves it and raises
@@ -226,12 +308,12 @@ def run(config, workdir: str, on_step: Callable[[int], Any] | None = None):
   """
   os.makedirs(workdir, exist_ok=True)
   with lock.workdir_lock(workdir):
-    return _run(config, workdir, on_step)
+    return _run(config, workdir, on_step, objective)
 
 
-def _run(config, workdir, on_step):
+def _run(config, workdir, on_step, objective=None):
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
-  setup = make_setup(config)
+  setup = make_setup(config, objective=objective)
   info = distributed.primary_first(data.prepare, config, workdir)
   it = data.train_iterator(config, info)
   eval_batches = [distributed.global_from_full(b, setup.mesh) for b in
@@ -257,7 +339,8 @@ def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
   t = config.train
   params, opt_state, start = _restore_or_init(setup, config, mngr, it)
   log = MetricsLog(workdir, start)
-  train_step, eval_step = make_train_step(setup), runs.lm_eval_step(setup.ctx)
+  train_step, eval_step = make_train_step(setup), make_eval_step(setup)
+  frozen = () if setup.objective is None else (setup.objective.frozen,)
   tokens_per_step = t.batch_size * config.model.block_size
   pending, last_good, row = None, start, {}
   bar = tqdm(total=t.num_steps, initial=start, desc="train", unit="step",
@@ -290,7 +373,7 @@ def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
   for step in range(start, t.num_steps):
     batch = sharding.global_batch(next(it), setup.mesh)
     params, opt_state, metrics = train_step(params, opt_state,
-                                            jnp.int32(step), batch)
+                                            jnp.int32(step), batch, *frozen)
     done = step + 1
     ev = None
     if done % t.eval_every == 0 or done == t.num_steps:
@@ -301,7 +384,8 @@ def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
     stop_now = stop.requested(mngr, done) and done < t.num_steps
     if done % t.checkpoint_every == 0 or done == t.num_steps or stop_now:
       flush()
-      checkpoints.save(mngr, done, params, opt_state, config, it)
+      model, extras = _split(setup, params)
+      checkpoints.save(mngr, done, model, opt_state, config, it, extras)
       last_good = done
     if stop_now:
       stopped = (stop.signal_name, done)

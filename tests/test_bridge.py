@@ -3,6 +3,9 @@ it should, a short joint training lowers the bridge losses, and steering at
 strength 0 is a no-op."""
 
 import dataclasses
+import json
+import os
+import shutil
 import types
 
 import jax
@@ -185,3 +188,92 @@ def test_default_steering_node_is_the_read_node_with_the_largest_effect():
     steer.pick_node(doc, "1.mlp.post_act:9")
   with pytest.raises(ValueError, match="keeps no residual read node"):
     steer.pick_node({"task": {"name": "t"}, "nodes": doc["nodes"][1:2]})
+
+
+# ------------------------------------------------ the bridge and steer modes
+
+
+def _micro(config, dense: bool, steps: int):
+  c = config.copy_and_resolve_references()
+  if dense:
+    c.model.afrac, c.sparsity.enabled = 0.0, False
+  c.model.n_layer, c.model.d_model, c.model.n_head = 1, 32, 2
+  c.model.d_head, c.model.d_mlp, c.model.block_size = 16, 128, 32
+  c.sparsity.pfrac, c.sparsity.expansion_factor = 1.0, 2.0
+  c.train.num_steps, c.train.batch_size = steps, 8
+  c.train.log_every, c.train.eval_every = 1, steps
+  c.train.checkpoint_every, c.train.eval_batches = 3, 1
+  c.tasks.n_train, c.tasks.n_test = 8, 16
+  return c
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r for r in map(json.loads, f)}
+
+
+def _fake_circuit(run, task, node):
+  """A circuit.json as --mode=prune writes it, reduced to what steer reads,
+  and the means file it refers to."""
+  from sparse_circuits import circuit  # pylint: disable=g-import-not-at-top
+  out = os.path.join(run.workdir, "circuits", task)
+  os.makedirs(out)
+  with open(os.path.join(out, "circuit.json"), "w") as f:
+    json.dump({"task": {"name": task}, "model": {"step": run.step},
+               "nodes": [node], "edges": [],
+               "counts": {"nodes": 1, "edges": 0}, "losses": {}}, f)
+  os.makedirs(os.path.join(run.workdir, "prune"))
+  np.savez(os.path.join(run.workdir, "prune", f"means_{run.step}.npz"),
+           **{s.name: np.zeros(s.width, np.float32)
+              for s in circuit.node_sites(run.cfg)})
+
+
+def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
+  from sparse_circuits import bridge, runs, train  # pylint: disable=g-import-not-at-top,reimported
+  config, info = tiny_data
+  config = config.copy_and_resolve_references()
+  config.data.tokenizer_dir = info.tokenizer_dir
+  dense_wd = str(tmp_path / "dense")
+  train.run(_micro(config, dense=True, steps=3), dense_wd)
+
+  c = _micro(config, dense=False, steps=6)
+  c.data.tokenizer_dir = ""  # bridge mode takes the dense run's tokenizer
+  c.bridge.dense_workdir = dense_wd
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  bridge.run(c, straight)
+  bridge.run(c, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+  bridge.run(c, resumed)  # resumes from step 3: params, bridges, optimizer, data
+  a, b = _rows(straight), _rows(resumed)
+  assert sorted(a) == sorted(b) == list(range(1, 7))
+  for step in range(1, 7):
+    for k in ("loss", "lm_loss", "nmse_d2s", "nmse_s2d", "kl_d2s/0",
+              "kl_s2d/1"):
+      assert a[step][k] == b[step][k], (step, k, a[step][k], b[step][k])
+  assert a[6]["l0_total"] < a[1]["l0_total"], "weight sparsity did not anneal"
+
+  # The bridged run is an ordinary run to the rest of the package.
+  run = runs.load(straight)
+  assert run.config.bridge.dense_workdir == os.path.abspath(dense_wd)
+  logits, _ = run(run.tokenize("x = 'a"))
+  assert np.all(np.isfinite(np.asarray(logits)))
+  dense = runs.load(dense_wd)
+  bridges = bridge.restore(straight, dense.cfg, run.cfg)
+  fresh = bridge.init_params(dense.cfg, run.cfg, c.seed + 1)
+  assert not np.allclose(bridges["h_0"]["mlp"]["decoder"]["kernel"],
+                         fresh["h_0"]["mlp"]["decoder"]["kernel"])
+  with pytest.raises(Exception, match="holds no 'bridges'"):
+    bridge.restore(dense_wd, dense.cfg, dense.cfg)
+
+  _fake_circuit(run, "single_double_quote",
+                {"site": "0.mlp.act_in", "index": 3, "kind": "resid_read",
+                 "ablation_delta": 0.5, "tau": 1.0})
+  c.steer.strengths, c.steer.random_seeds = (0.0, 1.0), (0,)
+  c.steer.reference_batches = 1
+  doc = steer.run(c, straight)
+  path = os.path.join(straight, "circuits", "single_double_quote")
+  with open(os.path.join(path, "steer.json")) as f:
+    assert json.load(f)["p_counterfactual"] == doc["p_counterfactual"]
+  assert doc["node"]["site"] == "0.mlp.act_in" and doc["n_prompts"] > 0
+  with open(os.path.join(path, "index.html")) as f:
+    assert "Steering the dense model" in f.read()
