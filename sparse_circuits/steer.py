@@ -8,7 +8,8 @@ same sublayer input is, at every token t,
   delta(t) = (a_c(counterfactual, t) - a_c(presented, t))
              * decoder_j[c, :] * rms(dense residual) / rms(sparse residual)
 
-with decoder_j the bridge decoder of that sublayer and the two RMS measured on
+with decoder_j the bridge decoder of that sublayer (as one linear map on raw
+residuals, `bridge.decoder_matrix`) and the two RMS measured on
 reference data. The dense model runs on the presented prompt with
 strength * delta added to its residual stream (a `model.forward`
 intervention), and we read its probability of the counterfactual answer. The
@@ -82,7 +83,7 @@ def perturbation(sparse_params, sparse_cfg, bridges, site: str, channel: int,
     raise ValueError("presented and counterfactual prompts must be token-"
                      f"aligned: shapes {presented_BxL.shape} vs "
                      f"{counterfactual_BxL.shape}")
-  row = bridge_lib.get(bridges, j)["decoder"]["kernel"][channel]
+  row = bridge_lib.decoder_matrix(bridge_lib.get(bridges, j))[channel]
   return _perturbation(sparse_params, sparse_cfg, row, site,
                        jnp.int32(channel), presented_BxL, counterfactual_BxL,
                        jnp.float32(ratio))
@@ -218,8 +219,12 @@ def run(config, workdir: str) -> dict:
   from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
   st = config.steer
   sparse = runs.load(workdir, overlay=config)
-  dense_wd = (config.bridge.dense_workdir if "bridge" in config else "") or (
-      sparse.config.bridge.dense_workdir if "bridge" in sparse.config else "")
+  # The dense run the bridges were trained against (stored in the bridged
+  # run's config); the command line's only if that one has moved away.
+  stored = (sparse.config.bridge.dense_workdir
+            if "bridge" in sparse.config else "")
+  dense_wd = stored if stored and os.path.isdir(stored) else (
+      config.bridge.dense_workdir if "bridge" in config else "")
   if not dense_wd:
     raise ValueError(f"--mode=steer: {workdir} names no dense run; set "
                      "config.bridge.dense_workdir")

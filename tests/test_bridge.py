@@ -40,9 +40,11 @@ def _trained_like(params, seed=1, scale=0.05):
 
 def _identity_bridges(cfg):
   eye = jnp.eye(cfg.d_model)
-  zero = jnp.zeros((cfg.d_model,))
+  zero, one = jnp.zeros((cfg.d_model,)), jnp.float32(1)
   b = {"encoder": {"kernel": eye, "bias": zero},
-       "decoder": {"kernel": eye, "bias": zero}}
+       "decoder": {"kernel": eye, "bias": zero},
+       "norm": {"dense_mean": zero, "dense_scale": one, "sparse_mean": zero,
+                "sparse_scale": one}}
   return {f"h_{i}": {"attn": b, "mlp": b} for i in range(cfg.n_layer)}
 
 
