@@ -46,6 +46,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 
 SUBLAYERS = ("attn", "mlp")
@@ -54,12 +55,13 @@ TERMS = ("nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d")
 
 def check_pair(dense_cfg: model_lib.ModelConfig,
                sparse_cfg: model_lib.ModelConfig) -> None:
-  """Raises ValueError if the two models cannot be bridged."""
+  """Raises ConfigError if the two models cannot be bridged."""
   for f in ("n_layer", "vocab_size"):
     a, b = getattr(dense_cfg, f), getattr(sparse_cfg, f)
     if a != b:
-      raise ValueError(f"cannot bridge: the dense model has {f}={a}, the "
-                       f"sparse model {f}={b}; they must match")
+      raise errors.ConfigError(
+          f"config.model.{f}: cannot bridge: the dense model has {f}={a}, "
+          f"the sparse model {f}={b}; they must match")
 
 
 def bridge_key(j: int) -> tuple[str, str]:
@@ -235,8 +237,9 @@ def loss(sparse_params, bridges, dense_params, batch_BxL1, dense_cfg,
   coefs = {**{t: 1.0 for t in TERMS}, **(coefs or {})}
   unknown = set(coefs) - set(TERMS)
   if unknown:
-    raise ValueError(f"unknown bridge loss coefficient(s) {sorted(unknown)}; "
-                     f"known: {TERMS}")
+    raise errors.ConfigError(
+        f"config.bridge.coefs: unknown term(s) {sorted(unknown)}; known: "
+        f"{TERMS}")
   p = all_paths(jax.lax.stop_gradient(dense_params), sparse_params, bridges,
                 batch_BxL1[:, :-1], dense_cfg, sparse_cfg, encoder_k)
   y_d = p["dense"]
@@ -277,7 +280,7 @@ def objective(config, dense_run, init_tokens_BxL=None):
   dense_cfg, sparse_cfg = dense_run.cfg, runs.model_config(config)
   check_pair(dense_cfg, sparse_cfg)
   if dense_cfg.block_size < sparse_cfg.block_size:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.model.block_size={sparse_cfg.block_size} exceeds the dense "
         f"model's context ({dense_cfg.block_size}); it cannot read such "
         "windows")
@@ -321,25 +324,27 @@ def _bridged_config(config, dense_workdir: str, tokenizer_dir: str):
   return config
 
 
-def run(config, workdir: str):
+def run(config, workdir: str, on_step=None):
   """`--mode=bridge`: trains (or resumes) the sparse model of `config` with
   bridges to the frozen dense run `config.bridge.dense_workdir`, with the
   training loop of `--mode=train` (sparsity, optimizer, sharding, resumable
-  checkpoints, metrics). The bridges are saved beside the params."""
+  checkpoints, preemption, metrics; `on_step` as there). The bridges are
+  saved beside the params."""
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   from sparse_circuits import distributed  # pylint: disable=g-import-not-at-top
   from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   dense_wd = config.bridge.dense_workdir
   if not dense_wd:
-    raise ValueError("config.bridge.dense_workdir: name the dense run to "
-                     "bridge to (one of ours, or one --mode=import'ed)")
+    raise errors.ConfigError(
+        "config.bridge.dense_workdir is empty: name the dense run to bridge "
+        "to (one of ours, or one --mode=import'ed)")
   dense = runs.load(dense_wd)
   config = _bridged_config(config, dense_wd,
                            runs.tokenizer_dir(dense.config, dense_wd))
   info = distributed.primary_first(data.prepare, config, workdir)
   init_tokens = data.eval_batches(config, info, 1)[0][:, :-1]
-  return train.run(config, workdir,
+  return train.run(config, workdir, on_step=on_step,
                    objective=objective(config, dense, init_tokens))
 
 

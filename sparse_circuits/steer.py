@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import bridge as bridge_lib
+from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
@@ -39,7 +40,8 @@ def node_bridge(site: str) -> tuple[int, str]:
   try:
     j = sites_lib.sublayer_of_read(site)
   except ValueError as e:
-    raise ValueError(f"steering needs a residual read node: {e}") from None
+    raise errors.ConfigError(
+        f"steering needs a residual read node: {e}") from None
   return j, sites_lib.sublayer_sites(j // 2 + 1)[j]
 
 
@@ -78,7 +80,9 @@ def perturbation(sparse_params, sparse_cfg, bridges, site: str, channel: int,
   j, _ = node_bridge(site)
   width = sparse_cfg.d_model
   if not 0 <= channel < width:
-    raise ValueError(f"channel {channel} is outside {site} (width {width})")
+    raise errors.ConfigError(
+        f"config.steer.node: channel {channel} is outside {site} (width "
+        f"{width})")
   if presented_BxL.shape != counterfactual_BxL.shape:
     raise ValueError("presented and counterfactual prompts must be token-"
                      f"aligned: shapes {presented_BxL.shape} vs "
@@ -138,8 +142,9 @@ def pick_node(circuit_doc: dict, node: str = "") -> dict:
   if node:
     site, _, index = node.rpartition(":")
     if not site or not index.isdigit():
-      raise ValueError(f"config.steer.node={node!r}: want 'site:index', e.g. "
-                       "'1.attn.act_in:17'")
+      raise errors.ConfigError(
+          f"config.steer.node={node!r}: want 'site:index', e.g. "
+          "'1.attn.act_in:17'")
     node_bridge(site)  # a residual read site, or a clear error
     for n in circuit_doc.get("nodes", []):
       if n["site"] == site and n["index"] == int(index):
@@ -148,10 +153,10 @@ def pick_node(circuit_doc: dict, node: str = "") -> dict:
   reads = [n for n in circuit_doc.get("nodes", [])
            if sites_lib.kind(n["site"]) == "resid_read"]
   if not reads:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the circuit of {circuit_doc['task']['name']!r} keeps no residual "
-        "read node (attn.act_in / mlp.act_in); name one with "
-        "config.steer.node='site:index'")
+        "read node (attn.act_in / mlp.act_in)",
+        hint="name one with --config.steer.node=SITE:INDEX")
   return max(reads, key=lambda n: (n.get("ablation_delta") is not None,
                                    n.get("ablation_delta") or 0.0,
                                    n.get("tau", 0.0)))
@@ -182,7 +187,8 @@ def sweep(dense_params, dense_cfg, sparse_params, sparse_cfg, bridges, node,
   j, resid = node_bridge(site)
   rows, partner, last = pairs(data)
   if not len(rows):
-    raise ValueError("no prompt pair of equal length to steer with")
+    raise errors.ConfigError(
+        "config.steer.task: no prompt pair of equal length to steer with")
   tokens = jnp.asarray(data.tokens)
   presented, counterfactual = tokens[rows], tokens[partner]
   answer = np.asarray(data.target)[partner]  # the counterfactual's answer
@@ -226,8 +232,9 @@ def run(config, workdir: str) -> dict:
   dense_wd = stored if stored and os.path.isdir(stored) else (
       config.bridge.dense_workdir if "bridge" in config else "")
   if not dense_wd:
-    raise ValueError(f"--mode=steer: {workdir} names no dense run; set "
-                     "config.bridge.dense_workdir")
+    raise errors.ConfigError(
+        f"config.bridge.dense_workdir: {workdir} names no dense run (is it a "
+        "--mode=bridge run?)", hint="set --config.bridge.dense_workdir")
   dense = runs.load(dense_wd)
   bridges = bridge_lib.restore(workdir, dense.cfg, sparse.cfg, sparse.step)
   circ = sparse.circuit(st.task)

@@ -5,7 +5,6 @@ strength 0 is a no-op."""
 import dataclasses
 import json
 import os
-import shutil
 import types
 
 import jax
@@ -243,8 +242,14 @@ def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
   c.bridge.dense_workdir = dense_wd
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   bridge.run(c, straight)
-  bridge.run(c, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+
+  def crash(step):
+    if step == 4:
+      raise KeyboardInterrupt("crash after step 4")
+
+  with pytest.raises(KeyboardInterrupt):
+    bridge.run(c, resumed, on_step=crash)
+  assert not os.path.isdir(os.path.join(resumed, "checkpoints", "6"))
   bridge.run(c, resumed)  # resumes from step 3: params, bridges, optimizer, data
   a, b = _rows(straight), _rows(resumed)
   assert sorted(a) == sorted(b) == list(range(1, 7))
