@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from sparse_circuits import search
+
 
 def nonsense_labels(data, seed):
   """(target, alternative) with the pair's two answers exchanged where a
@@ -46,7 +48,6 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
   """Prunes the task with more seeds of `setting` and the nonsense task with
   as many seeds, all in one program; returns the two report blocks and how
   many seeds kept each node (the selected circuit counts as seed 0)."""
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
   pc, n = pruner.pc, pruner.n_nodes
   n_seeds = int(pc.stability_seeds)
   n_nonsense = n_seeds if pc.nonsense_control else 0
@@ -61,9 +62,8 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
   if not extra:
     return out
   tau, _, bad = pruner.train(task.train, extra, labels, progress)
-  sr = pruner.search(tau, task.train, pc.target_loss, labels)
-  keep = np.stack([prune.keep_flat(o, k, n) for o, k in zip(sr["order"],
-                                                              sr["k"])])
+  sr = pruner.search(tau, task.train, pc.target_loss, labels, progress)
+  keep = sr["keep"]
   s_real = slice(0, n_seeds - 1)
   for m in keep[s_real]:
     sets.append(m)
@@ -89,15 +89,15 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
   if n_nonsense:
     s_ns = slice(n_seeds - 1, None)
     ns_keep, ns_lab = keep[s_ns], labels[s_ns]
-    sc = pruner._scores(sr["d_train"][s_ns], ns_keep, task.train, task.test,
-                        ns_lab, [te_lab] * n_nonsense)
+    sc = pruner.scores(ns_keep, task.train, task.test, ns_lab,
+                       [te_lab] * n_nonsense, d_train=sr["d_train"][s_ns])
     reached = sr["reached"][s_ns] & ~bad[s_ns]
     # The nonsense loss a circuit of the real circuit's size gets.
-    at_size = np.stack([prune.keep_flat(o, sizes[0], n)
+    at_size = np.stack([search.keep_flat(o, sizes[0], n)
                         for o in sr["order"][s_ns]])
     same = pruner.scores(at_size, task.train, None, ns_lab)
-    best = int(np.argmin(np.where(reached, sr["k"][s_ns], n + 1) * 10.0 +
-                         sc["train"]))
+    best = min(range(n_nonsense), key=lambda i: (
+        not reached[i], sr["k"][s_ns][i], sc["train"][i]))
     out["nonsense"] = nonsense_block(
         seeds=[s.seed for s in extra[s_ns]], nodes=sr["k"][s_ns],
         reached=reached, train_loss=sc["train"], test_loss=sc["test"],

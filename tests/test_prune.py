@@ -12,6 +12,7 @@ import pytest
 from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import model as M
 from sparse_circuits import prune as P
+from sparse_circuits import search as S
 
 A, B, T1, T2 = 1, 2, 5, 6  # decisive tokens, candidate tokens
 CFG = M.ModelConfig(n_layer=1, d_model=8, n_head=1, d_head=4, d_mlp=8,
@@ -77,7 +78,7 @@ def _pruner(params=None, **kw):
   params = hand_built_params() if params is None else params
   sites = circuit_lib.node_sites(CFG)
   means = P.compute_means(params, CFG, pretraining_batches(), sites)
-  return P.Pruner(params, CFG, means, sites, prune_config(**kw))
+  return S.Pruner(params, CFG, means, sites, prune_config(**kw))
 
 
 def _flat(pruner, node_ids):
@@ -167,10 +168,10 @@ def test_calibration_is_fitted_on_train_and_keeps_the_sign():
   d = rng.normal(2.0, 1.0, (3, 64)).astype(np.float32)
   d[1] = -d[1]  # reversed
   sign = np.where(rng.random((3, 64)) < 0.5, 1.0, -1.0).astype(np.float32)
-  ab = np.asarray(P.fit_calibration(d, sign))
+  ab = np.asarray(S.fit_calibration(d, sign))
   assert np.all(ab[:, 0] > 0)
-  cal = P.bce(d, ab, sign)
-  assert cal[0] < P.bce(d)[0]  # a sharper scale helps a right circuit
+  cal = S.bce(d, ab, sign)
+  assert cal[0] < S.bce(d)[0]  # a sharper scale helps a right circuit
   assert cal[1] >= np.log(2) - 0.02  # nothing helps a reversed one
 
 
@@ -229,9 +230,9 @@ def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():
   pc = prune_config(sweep_size=17, sweep_k_coef=(1e-4, 1e-2),
                     sweep_lr=(1e-3, 1e-1), sweep_temperature=(0.05,),
                     sweep_init_mean=(0.03, 0.3))
-  settings = P.sweep_settings(pc)
-  assert settings == P.sweep_settings(pc) and len(settings) == 17
-  assert settings[0] == P.Setting(1e-2, 3e-3, 0.1, 0.1, 0)
+  settings = S.sweep_settings(pc)
+  assert settings == S.sweep_settings(pc) and len(settings) == 17
+  assert settings[0] == S.Setting(1e-2, 3e-3, 0.1, 0.1, 0)
   assert len({s.seed for s in settings}) == 17
   rest = settings[1:]
   assert all(s.temperature == pytest.approx(0.05) for s in rest)
@@ -242,9 +243,9 @@ def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():
 
 def test_vectorised_sweep_equals_separate_runs_and_survives_a_nan():
   pruner, data = _pruner(steps=40), task_data()
-  settings = [P.Setting(1e-3, 1e-2, 0.1, 0.1, 0),
-              P.Setting(1e-2, 3e-2, 0.0, 0.1, 1),  # T = 0: NaN gradients
-              P.Setting(1e-2, 3e-2, 0.05, 0.2, 2)]
+  settings = [S.Setting(1e-3, 1e-2, 0.1, 0.1, 0),
+              S.Setting(1e-2, 3e-2, 0.0, 0.1, 1),  # T = 0: NaN gradients
+              S.Setting(1e-2, 3e-2, 0.05, 0.2, 2)]
   tau_all, last, bad = pruner.train(data, settings, progress=False)
   assert list(bad) == [False, True, False]
   assert np.all(np.isfinite(tau_all))
@@ -265,7 +266,7 @@ def test_batched_k_search_finds_the_smallest_passing_k():
   sr = pruner.search(tau, data, 0.15)
   for s in range(3):
     k = sr["k"][s]
-    losses = pruner.scores(np.stack([P.keep_flat(sr["order"][s], j,
+    losses = pruner.scores(np.stack([S.keep_flat(sr["order"][s], j,
                                                  pruner.n_nodes)
                                      for j in (k - 1, k)]), data, None)
     assert sr["reached"][s] and losses["train"][1] <= 0.15
