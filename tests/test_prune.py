@@ -1,6 +1,7 @@
 """Pruning: a hand-built model whose task is computed by three known nodes."""
 
 import dataclasses
+import json
 import types
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from sparse_circuits import circuit as circuit_lib
+from sparse_circuits import controls
 from sparse_circuits import model as M
 from sparse_circuits import prune as P
 from sparse_circuits import search as S
@@ -275,3 +277,43 @@ def test_batched_k_search_finds_the_smallest_passing_k():
                                rtol=1e-5)
   assert sr["k"][2] == 3 and sr["k_trained"][2] == 3
   assert sr["k"][1] == pruner.n_nodes  # the circuit is ranked last
+
+
+def test_task_names_and_learned_selection(tmp_path):
+  assert P.task_names(("learned",)) == (None, True)
+  assert P.task_names(("a,b", "c")) == (["a", "b", "c"], False)
+  with pytest.raises(ValueError, match="learned"):
+    P.task_names(("learned", "a"))
+  hand = _hand_task()
+  reversed_ = types.SimpleNamespace(  # the model gets every pair wrong
+      name="reversed", description="", train=hand.train,
+      test=types.SimpleNamespace(**{**vars(hand.test),
+                                    "target": hand.test.alternative,
+                                    "alternative": hand.test.target}))
+  tasks = {"hand": hand, "reversed": reversed_}
+  pc = prune_config(min_accuracy=0.8)
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        7, learned=True)  # no eval_summary.json: evaluates
+  assert plan["hand"]["status"] == "pruned" and plan["hand"]["accuracy"] == 1
+  assert plan["reversed"]["status"] == "skipped"
+  assert "accuracy 0.000 < prune.min_accuracy 0.8" in plan["reversed"]["reason"]
+  (tmp_path / "eval_summary.json").write_text(json.dumps(
+      {"step": 7, "tasks": {"hand": {"accuracy": 0.5},
+                            "reversed": {"accuracy": 0.9}}}))
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        7, learned=True)
+  assert [plan[n]["status"] for n in tasks] == ["skipped", "pruned"]
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        8, learned=True)  # another step: evaluated again
+  assert [plan[n]["status"] for n in tasks] == ["pruned", "skipped"]
+
+
+def test_nonsense_labels_keep_pairs_balanced_but_break_the_rule():
+  data = task_data(200)
+  target, alt = controls.nonsense_labels(data, 0)
+  assert np.all(target != alt)
+  assert np.all(target[0::2] == alt[1::2])  # one prompt per answer a pair
+  flipped = target[0::2] != data.target[0::2]
+  assert 0.4 < flipped.mean() < 0.6
+  np.testing.assert_array_equal(controls.nonsense_labels(data, 0)[0], target)
+  assert not np.array_equal(controls.nonsense_labels(data, 1)[0], target)
