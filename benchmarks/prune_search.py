@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sparse_circuits import circuit as circuit_lib  # pylint: disable=wrong-import-position
+from sparse_circuits import config_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import data  # pylint: disable=wrong-import-position
 from sparse_circuits import prune  # pylint: disable=wrong-import-position
 from sparse_circuits import search  # pylint: disable=wrong-import-position
@@ -40,6 +41,8 @@ def _load(workdir, task_name):
     raise SystemExit(f"{workdir}: no checkpoint; train first (the README's "
                      "main command, or --mode=train)")
   config = checkpoints.load_config(workdir)
+  with config.unlocked():  # this code's prune settings, not the stored ones
+    config.prune = config_lib.base_config(config.get("name", "tiny")).prune
   cfg = train.model_config(config)
   params, step = checkpoints.restore_params(
       workdir, train.make_setup(config, jax.devices()[:1]).abstract_params)

@@ -269,7 +269,7 @@
       if (sr.marker || sr.noline || sr.pts.length <= 30) {
         for (const p of sr.pts) {
           const c = s("circle", { cx: X(p[0]), cy: Y(p[1]), r: sr.r || 3, fill: sr.fill || sr.color,
-            stroke: sr.fill ? sr.color : null, "stroke-width": sr.fill ? 2 : null, class: "marker" + (sr.noline ? " point" : "") }, svg);
+            class: "marker" + (sr.noline ? " point" : "") + (sr.fill === "none" ? " ring" : "") }, svg);
           s("title", {}, c).textContent = p[2] || `${sr.name}: ${fmtTick(p[0])} → ${fmt(p[1], 4)}`;
         }
       }
@@ -636,8 +636,11 @@
       const b = ns.best || {};
       sec.append(h("div", { class: "control" + (ns.flag ? " flagged" : ""), id: "nonsense" }, h("h3", {}, "Nonsense-task control"),
         h("p", {}, `The same prompts, answers drawn by a coin per pair, pruned the same way (seeds ${(ns.seeds || []).join(", ")}): ` +
-          `smallest ${intFmt(b.nodes)} nodes${b.reached_train ? "" : " (target not reached)"}, train loss ${fmt(b.train_loss, 4)}, ` +
-          `test loss ${fmt(b.test_loss, 4)} against the real circuit's ${intFmt((c.nodes || []).length)} nodes and ${fmt((c.losses || {}).circuit, 4)}.`),
+          (b.reached_train ? `the smallest circuit reaching the target on its train pairs keeps ${intFmt(b.nodes)} nodes`
+            : `no seed reaches the target (circuits of ${(ns.nodes || []).join(", ")} nodes)`) +
+          `; train loss ${fmt(b.train_loss, 4)}, test loss ${fmt(b.test_loss, 4)}, against the real circuit's ` +
+          `${intFmt((c.nodes || []).length)} nodes and test loss ${fmt((c.losses || {}).circuit, 4)}. At the real circuit's size the ` +
+          `nonsense train loss is ${(ns.train_loss_at_circuit_size || []).map((x) => fmt(x, 3)).join(", ")}.`),
         h("p", { class: ns.flag ? "warn" : "muted" }, (ns.flag ? "Flag: " : "") + (ns.reason || ""))));
     }
   }
