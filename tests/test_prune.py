@@ -317,3 +317,15 @@ def test_nonsense_labels_keep_pairs_balanced_but_break_the_rule():
   assert 0.4 < flipped.mean() < 0.6
   np.testing.assert_array_equal(controls.nonsense_labels(data, 0)[0], target)
   assert not np.array_equal(controls.nonsense_labels(data, 1)[0], target)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sweep_lr", (3e-2, 3e-3)), ("sweep_k_coef", (0.0, 1e-3)),
+    ("sweep_size", 0), ("stability_seeds", 0), ("min_accuracy", 1.5),
+    ("tasks", ())])
+def test_bad_prune_config_names_the_field(field, value):
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config("tiny")
+  config.prune[field] = value
+  with pytest.raises(ValueError, match=f"prune.{field}"):
+    config_lib.validate(config)
