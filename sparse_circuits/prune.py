@@ -120,11 +120,21 @@ def prune_task(pruner, task, progress=True, settings=None):
   settings = settings or search.sweep_settings(pc)
   t0 = time.perf_counter()
   tau, last, bad = pruner.train(task.train, settings, progress=progress)
-  sr = pruner.search(tau, task.train, target, progress=progress)
-  sc = pruner.scores(sr["keep"], task.train, task.test, d_train=sr["d_train"])
-  ok = sr["reached"] & ~bad
-  confirmed = ok & (sc["test"] <= target)
-  # The smallest circuit reaching the target on train, confirmed on test.
+  # The smallest circuit reaching the target on train, confirmed on test;
+  # a leader that fails on test is excluded and the search runs again.
+  excluded = set(np.nonzero(bad)[0].tolist())  # diverged: never selected
+  for attempt in range(4):
+    sr = pruner.search(tau, task.train, target, progress=progress,
+                       exact=False, exclude=sorted(excluded))
+    sc = pruner.scores(sr["keep"], task.train, task.test,
+                       d_train=sr["d_train"])
+    ok = sr["reached"] & ~bad
+    confirmed = ok & (sc["test"] <= target)
+    lead = min(range(len(settings)), key=lambda i: (
+        i in excluded, not ok[i], sr["k"][i], sr["train_loss"][i]))
+    if confirmed[lead] or not ok[lead] or lead in excluded or attempt == 3:
+      break
+    excluded.add(lead)
   sel = min(range(len(settings)), key=lambda i: (
       not confirmed[i], not ok[i], bool(bad[i]), sr["k"][i],
       sr["train_loss"][i]))
@@ -132,7 +142,8 @@ def prune_task(pruner, task, progress=True, settings=None):
   sweep = [{"setting": dataclasses.asdict(s), "diverged": bool(bad[i]),
             "final_task_loss": float(last["task_loss"][i]),
             "final_nodes": float(last["nodes"][i]),
-            "nodes": int(sr["k"][i]), "train_loss": float(sr["train_loss"][i]),
+            "nodes": int(sr["k"][i]), "exact": bool(sr["exact"][i]),
+            "train_loss": float(sr["train_loss"][i]),
             "test_loss": float(sc["test"][i]),
             "test_loss_uncalibrated": float(sc["test_raw"][i]),
             "reached_train": bool(ok[i]), "reached_test": bool(confirmed[i])}

@@ -262,18 +262,32 @@ class Pruner:
     t, a = self._labels(data, n, labels)
     return calibration_sign(t, a)
 
-  def search(self, tau_SxN, train, target_loss, labels=None, progress=False):
-    """For every setting at once, the smallest k whose top-k nodes by tau
-    reach the target (calibrated, fitted on these train pairs). Bisects
-    from the trained circuit (tau > 0), one batched evaluation per round.
-    Returns the orders, k, the node sets, the train loss at k, reached, and
-    the train logit differences at k."""
+  def search(self, tau_SxN, train, target_loss, labels=None, progress=False,
+             exact=True, exclude=()):
+    """The smallest k whose top-k nodes by tau reach the target on these
+    train pairs (calibrated, fitted on them), for every setting at once:
+    bisection from the trained circuit (tau > 0), each round one batched
+    evaluation of every setting's probe.
+
+    exact=False (the sweep, which only needs the smallest circuit) bounds
+    the work: a setting that is not the leader probes just below the best
+    circuit found so far; failing there, it cannot win and stops ("beaten",
+    its k an upper bound). That costs a setting one evaluation instead of a
+    dozen. `exclude`: settings that may not lead (failed on test).
+
+    Returns per setting: order, k (smallest circuit found reaching the
+    target, else the better of the trained circuit and all nodes), keep,
+    train_loss at k, reached, exact (k is the bisection's answer), d_train
+    (train logit differences at k), k_trained (tau > 0)."""
     S, n = tau_SxN.shape
     tau = np.where(np.isfinite(tau_SxN), tau_SxN, -np.inf)
     order = np.argsort(-tau, axis=1, kind="stable")
     lab = labels or [(train.target, train.alternative)] * S
+    full_cache = {}
 
     def losses(rows, ks):
+      if not len(rows):
+        return np.zeros(0), np.zeros((0, len(train.target)))
       keep = np.stack([keep_flat(order[r], k, n) for r, k in zip(rows, ks)])
       d = self.diffs(keep, train, [lab[r] for r in rows])
       sc = self.scores(keep, train, None, [lab[r] for r in rows], d_train=d)
@@ -281,47 +295,63 @@ class Pruner:
 
     k_pos = np.minimum((tau > 0).sum(1), n)
     lo, hi = np.full(S, -1), np.full(S, n)
-    best = np.full(S, np.inf)
+    best = np.full(S, np.inf)  # loss at hi, once hi is known to pass
     best_d = np.zeros((S, len(train.target)))
-    rows = np.arange(S)
-    l, d = losses(rows, k_pos)
+    l, d = losses(np.arange(S), k_pos)
+    fallback = [(k_pos[r], l[r], d[r]) for r in range(S)]
     ok = l <= target_loss
     hi[ok], best[ok], best_d[ok] = k_pos[ok], l[ok], d[ok]
     lo[~ok] = k_pos[~ok]
-    fail = np.nonzero(~ok)[0]
-    fallback = {int(r): (k_pos[r], l[i], d[i]) for i, r in enumerate(rows)}
-    if len(fail):  # does the whole model reach it?
-      l, d = losses(fail, np.full(len(fail), n))
-      for i, r in enumerate(fail):
-        if l[i] <= target_loss:
-          best[r], best_d[r] = l[i], d[i]
-        else:
-          lo[r] = n  # never reached: nothing to bisect
-          if l[i] < fallback[r][1]:
-            fallback[r] = (n, l[i], d[i])
+    for r in np.nonzero(~ok)[0]:  # does the whole model reach it?
+      key = (id(lab[r][0]), id(lab[r][1]))  # all nodes: one per labelling
+      if key not in full_cache:
+        full_cache[key] = tuple(x[0] for x in losses([r], [n]))
+      lf, df = full_cache[key]
+      if lf <= target_loss:
+        best[r], best_d[r] = lf, df
+      else:
+        lo[r] = n  # never reached: nothing to bisect
+        if lf < fallback[r][1]:
+          fallback[r] = (n, lf, df)
+    beaten = np.zeros(S, bool)
+    allowed = np.ones(S, bool)
+    allowed[list(exclude)] = False
     bar = tqdm(desc=f"k search x{S}", unit="round", disable=not progress,
                leave=False)
     while True:
-      active = np.nonzero(hi - lo > 1)[0]
-      if not len(active):
+      open_ = (hi - lo > 1) & ~beaten
+      lead = None
+      if not exact:
+        passing = np.nonzero(np.isfinite(best) & allowed)[0]
+        if len(passing):
+          lead = passing[np.lexsort((best[passing], hi[passing]))[0]]
+          # Below the leader's circuit or out: the others probe there.
+          out = open_ & (lo >= hi[lead] - 1) & (np.arange(S) != lead)
+          beaten |= out
+          open_ &= ~out
+      rows = np.nonzero(open_)[0]
+      if not len(rows):
         break
       bar.update()
-      mid = (lo[active] + hi[active]) // 2
-      l, d = losses(active, mid)
-      for i, r in enumerate(active):
+      mid = (lo[rows] + hi[rows]) // 2
+      if lead is not None:
+        mid = np.where(rows == lead, mid, np.minimum(mid, hi[lead] - 1))
+      l, d = losses(rows, mid)
+      for i, r in enumerate(rows):
         if l[i] <= target_loss:
           hi[r], best[r], best_d[r] = mid[i], l[i], d[i]
         else:
           lo[r] = mid[i]
     bar.close()
     reached = np.isfinite(best)
-    k = np.where(reached, hi, [fallback[r][0] for r in range(S)])
-    loss = np.where(reached, best, [fallback[r][1] for r in range(S)])
+    k = np.where(reached, hi, [f[0] for f in fallback]).astype(int)
+    loss = np.where(reached, best, [f[1] for f in fallback])
     d_at_k = np.stack([best_d[r] if reached[r] else fallback[r][2]
                        for r in range(S)])
     keep = np.stack([keep_flat(o, kk, n) for o, kk in zip(order, k)])
-    return dict(order=order, k=k.astype(int), keep=keep, train_loss=loss,
-                reached=reached, d_train=d_at_k, k_trained=k_pos)
+    return dict(order=order, k=k, keep=keep, train_loss=loss,
+                reached=reached, exact=(hi - lo <= 1) | ~reached,
+                d_train=d_at_k, k_trained=k_pos)
 
 
 def keep_flat(order, k, n):

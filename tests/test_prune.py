@@ -329,3 +329,34 @@ def test_bad_prune_config_names_the_field(field, value):
   config.prune[field] = value
   with pytest.raises(ValueError, match=f"prune.{field}"):
     config_lib.validate(config)
+
+
+def test_bounded_k_search_finds_the_same_smallest_circuit_for_less():
+  """exact=False stops a setting once it cannot beat the best circuit found:
+  the winner is the exact search's, the others keep a circuit that reaches
+  the target (an upper bound), and far fewer node sets are evaluated."""
+  pruner, data = _pruner(), task_data()
+  circuit = _flat(pruner, CIRCUIT)
+  others = np.nonzero(~circuit)[0]
+  tau = np.full((6, pruner.n_nodes), -0.5)
+  for s, m in enumerate((9, 0, 20, 14, 30, 5)):  # the circuit behind m nodes
+    tau[s, others[:m]] = 1.0
+    tau[s, circuit] = 0.9
+    tau[s, others[m:m + 20]] = 0.5  # and in front of 20 more
+  runs = {}
+  for exact in (True, False):
+    calls = []
+    diffs = pruner.diffs
+    pruner.diffs = lambda keep, *a, **k: calls.append(len(keep)) or diffs(
+        keep, *a, **k)
+    runs[exact] = pruner.search(tau, data, 0.15, exact=exact)
+    pruner.diffs = diffs
+    runs[exact]["evaluated"] = sum(calls)
+  full, bounded = runs[True], runs[False]
+  lead = int(np.argmin(bounded["k"]))
+  assert bounded["k"][lead] == full["k"].min() == 3 and bounded["exact"][lead]
+  assert np.all(bounded["reached"]) and np.all(bounded["k"] >= full["k"])
+  assert np.all(bounded["train_loss"] <= 0.15)
+  np.testing.assert_array_equal(full["k"], [12, 3, 23, 17, 33, 8])
+  assert bounded["evaluated"] < 0.75 * full["evaluated"], (
+      bounded["evaluated"], full["evaluated"])
