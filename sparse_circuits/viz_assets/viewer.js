@@ -604,14 +604,17 @@
       const pt = (r, i) => [r.nodes, r.test_loss, `setting ${i}: ${r.nodes} nodes, test loss ${fmt(r.test_loss, 4)} ` +
         `(train ${fmt(r.train_loss, 4)}); k_coef ${fmt(r.setting.k_coef)}, lr ${fmt(r.setting.lr)}, ` +
         `T ${fmt(r.setting.temperature)}, init ${fmt(r.setting.init_mean)}, seed ${r.setting.seed}`];
-      const ok = sweep.map(pt).filter((p, i) => sweep[i].reached_test && !sweep[i].diverged);
-      const miss = sweep.map(pt).filter((p, i) => !sweep[i].reached_test && !sweep[i].diverged);
+      const live = (i) => !sweep[i].diverged;
+      const ok = sweep.map(pt).filter((p, i) => live(i) && sweep[i].reached_test && sweep[i].exact !== false);
+      const bound = sweep.map(pt).filter((p, i) => live(i) && sweep[i].reached_test && sweep[i].exact === false);
+      const miss = sweep.map(pt).filter((p, i) => live(i) && !sweep[i].reached_test);
       const sel = isNum(c.selected_index) && sweep[c.selected_index] ? [pt(sweep[c.selected_index], c.selected_index)] : [];
       const nodesX = sweep.map((r) => r.nodes).filter((x) => isNum(x) && x > 0);
       lineChart(plots, {
         id: "chart-sweep", title: `Sweep: ${sweep.length} settings, nodes vs test loss`, xlabel: "nodes in the circuit",
         logx: nodesX.length > 1 && Math.max(...nodesX) / Math.min(...nodesX) > 20,
-        series: [{ name: "reached target", color: "#16a34a", pts: ok, noline: true },
+        series: [{ name: "reached target (smallest k)", color: "#16a34a", pts: ok, noline: true },
+          { name: "reached (k an upper bound: stopped once beaten)", color: "#86efac", pts: bound, noline: true },
           { name: "missed target", color: "#94a3b8", pts: miss, noline: true },
           { name: "selected", color: "#111827", fill: "none", r: 7, pts: sel, noline: true }],
         hlines: [{ y: target, label: "target", color: "#dc2626" }],
@@ -619,11 +622,12 @@
       const div = sweep.filter((r) => r.diverged).length;
       const rows = sweep.map((r, i) => h("tr", { class: i === c.selected_index ? "selected" : "" },
         [i, fmt(r.setting.k_coef), fmt(r.setting.lr), fmt(r.setting.temperature), fmt(r.setting.init_mean), r.setting.seed,
-          r.diverged ? "diverged" : fmt(r.final_task_loss, 4), intFmt(r.nodes), fmt(r.train_loss, 4), fmt(r.test_loss, 4),
+          r.diverged ? "diverged" : fmt(r.final_task_loss, 4), intFmt(r.final_nodes),
+          (r.exact === false ? "≤ " : "") + intFmt(r.nodes), fmt(r.train_loss, 4), fmt(r.test_loss, 4),
           r.reached_test ? "yes" : r.reached_train ? "train only" : "no"].map((v) => h("td", {}, String(v)))));
       sec.append(h("details", { id: "sweep-table" }, h("summary", {}, `Every setting (${div} diverged)`),
         h("table", { class: "data" }, h("thead", {}, h("tr", {}, ["#", "k_coef", "lr", "T", "init", "seed", "final loss",
-          "nodes", "train loss", "test loss", "reached"].map((x) => h("th", {}, x)))), h("tbody", {}, rows))));
+          "trained nodes", "circuit nodes", "train loss", "test loss", "reached"].map((x) => h("th", {}, x)))), h("tbody", {}, rows))));
     }
     if (st) {
       const jac = st.jaccard || [];
