@@ -30,30 +30,27 @@ from sparse_circuits import circuit as circuit_lib  # pylint: disable=wrong-impo
 from sparse_circuits import config_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import data  # pylint: disable=wrong-import-position
 from sparse_circuits import prune  # pylint: disable=wrong-import-position
+from sparse_circuits import runs  # pylint: disable=wrong-import-position
 from sparse_circuits import search  # pylint: disable=wrong-import-position
 from sparse_circuits import tasks as tasks_lib  # pylint: disable=wrong-import-position
-from sparse_circuits import tokenizer as tok_lib  # pylint: disable=wrong-import-position
-from sparse_circuits import train  # pylint: disable=wrong-import-position
 
 
 def _load(workdir, task_name):
   if checkpoints.latest_step(workdir) is None:
     raise SystemExit(f"{workdir}: no checkpoint; train first (the README's "
                      "main command, or --mode=train)")
-  config = checkpoints.load_config(workdir)
-  with config.unlocked():  # this code's prune settings, not the stored ones
-    config.prune = config_lib.base_config(config.get("name", "tiny")).prune
-  cfg = train.model_config(config)
-  params, step = checkpoints.restore_params(
-      workdir, train.make_setup(config, jax.devices()[:1]).abstract_params)
+  # This code's prune settings for the run's size, not the stored ones.
+  stored = checkpoints.load_config(workdir)
+  r = runs.load(workdir, overlay={"prune": config_lib.base_config(
+      stored.get("name", "tiny")).prune.to_dict()})
+  config, cfg = r.config, r.cfg
   info = data.prepare(config, workdir, reuse=True)
-  tok = tok_lib.load(info.tokenizer_dir)
   name = task_name or config.prune.tasks[0]
-  task = tasks_lib.build_all(config, tok, names=[name])[name]
+  task = tasks_lib.build_all(config, r.tokenizer, names=[name])[name]
   sites = circuit_lib.node_sites(cfg)
   batches = data.eval_batches(config, info, config.prune.mean_batches)
-  means = prune.compute_means(params, cfg, batches, sites)
-  return config, cfg, params, means, task, sites, batches, step
+  means = prune.compute_means(r.params, cfg, batches, sites)
+  return config, r, means, task, sites, batches
 
 
 def _timed(fn):
@@ -93,10 +90,9 @@ def main(argv=None):
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--full", action="store_true")
   args = ap.parse_args(argv)
-  config, cfg, params, means, task, sites, batches, step = _load(
-      args.workdir, args.task)
-  pc = config.prune
-  print(f"{task.name} on {args.workdir} (step {step}), "
+  config, r, means, task, sites, batches = _load(args.workdir, args.task)
+  cfg, params, pc = r.cfg, r.params, config.prune
+  print(f"{task.name} on {args.workdir} (step {r.step}), "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs; default "
         f"search: {pc.sweep_size} settings x {pc.steps} mask steps, "
         f"{pc.stability_seeds} stability seeds, nonsense control "
@@ -105,7 +101,7 @@ def main(argv=None):
     pruner = search.Pruner(params, cfg, means, sites, pc)
     t_task, res = _timed(lambda: prune.prune_task(pruner, task,
                                                   progress=False))
-    rand = prune.random_pruner(config, cfg, batches, pc, sites)
+    rand = prune.random_pruner(r.ctx, config.seed, batches, pc, sites)
     t_rand, _ = _timed(lambda: prune.random_control(rand, task, res))
     print(f"whole search of one task (compilation included): {t_task:.1f} s "
           f"(sweep and k search {res['search_seconds']:.1f} s); random-init "

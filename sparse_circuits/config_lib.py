@@ -165,11 +165,16 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.prune.calibrate = True
   c.prune.random_control = True
   if size == "tiny":  # minutes on two CPU cores
-    c.prune.steps = 100
-    c.prune.batch_size = 16
+    # Cheaper per setting rather than fewer settings: 60 steps of 8 pairs
+    # with higher learning rates found circuits as small as 100 steps of 16
+    # pairs (single_double_quote: 54 nodes vs 60; 48-50 with 2x the steps).
+    c.prune.steps = 60
+    c.prune.batch_size = 8
     c.prune.sweep_size = 16
     c.prune.k_coef = 1e-3
+    c.prune.lr = 1e-2
     c.prune.sweep_k_coef = (1e-4, 1e-2)
+    c.prune.sweep_lr = (5e-3, 5e-2)
 
   # The authors' checkpoint format (sparse_circuits/interop.py).
   c.interop = ml_collections.ConfigDict()

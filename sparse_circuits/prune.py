@@ -1,5 +1,6 @@
 """`--mode=prune`: learn node masks on a trained model, find the smallest
-circuit that keeps the task loss at the target, and check it (paper §2.2).
+circuit that keeps the task loss at the target, and check it (paper §2.2,
+App. A.5).
 
 A program separate from training: it restores parameters only, never builds
 the training optimizer, and hands the model a pytree of interventions
@@ -28,7 +29,10 @@ import numpy as np
 from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import controls
 from sparse_circuits import model as model_lib
+from sparse_circuits import reporting
 from sparse_circuits import search
+
+_log = reporting.get(__name__)
 
 
 # ---------------------------------------------------------------- masks
@@ -185,15 +189,16 @@ def prune_task(pruner, task, progress=True, settings=None):
 
 # ---------------------------------------------------------------- controls
 
-def random_pruner(config, cfg, batches, pc, sites):
-  """A randomly initialised model of the same shape (sparsified as training
-  leaves it) with its own means, for the random-init control."""
+def random_pruner(ctx, seed, batches, pc, sites):
+  """A randomly initialised model of the same shape (sparsified to the run's
+  final k when the run is sparse) with its own means, for the random-init
+  control."""
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
-  rand = model_lib.init_params(cfg, config.seed + 1)
-  setup_plan = train.make_setup(config).plan
-  if setup_plan is not None:
-    rand = sparsity.project(rand, setup_plan, jnp.int32(config.train.num_steps))
+  cfg = ctx.cfg
+  rand = model_lib.init_params(cfg, seed + 1)
+  if ctx.plan is not None:
+    rand = sparsity.project(rand, ctx.plan,
+                            jnp.int32(ctx.plan.schedule.num_steps))
   means = compute_means(rand, cfg, batches, sites)
   return search.Pruner(rand, cfg, means, sites, pc)
 
@@ -213,18 +218,6 @@ def random_control(pruner, task, res):
 
 
 # ---------------------------------------------------------------- the mode
-
-def _merged_config(config, workdir):
-  """The run's own config (model, data) with this invocation's prune/tasks."""
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
-  run_cfg = checkpoints.load_config(workdir)
-  with run_cfg.unlocked():
-    run_cfg.prune = config.prune
-    run_cfg.tasks = config.tasks
-    if config.data.tokenizer_dir:
-      run_cfg.data.tokenizer_dir = config.data.tokenizer_dir
-  return run_cfg
-
 
 def task_names(tasks):
   """config.prune.tasks -> (names or None for all, learned?). Entries may
@@ -277,18 +270,13 @@ def run(config, workdir: str):
   ("learned": every task the model gets >= prune.min_accuracy right), and
   circuits/prune_summary.json. The means, the tokenized tasks and the
   compiled programs are shared by every task."""
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
-  config = _merged_config(config, workdir)
+  r = runs.load(workdir, overlay=config)
+  config, cfg, params, step, tok = r.config, r.cfg, r.params, r.step, r.tokenizer
   pc = config.prune
-  cfg = train.model_config(config)
-  setup = train.make_setup(config)
-  params, step = checkpoints.restore_params(workdir, setup.abstract_params)
   info = data.prepare(config, workdir, reuse=True)
-  tok = tok_lib.load(info.tokenizer_dir)
   sites = circuit_lib.node_sites(cfg)
   batches = data.eval_batches(config, info, pc.mean_batches)
   means_path = os.path.join(workdir, "prune", f"means_{step}.npz")
@@ -302,13 +290,13 @@ def run(config, workdir: str):
   all_tasks = tasks_lib.build_all(config, tok, names=names)
   plan = choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned)
   pruner = search.Pruner(params, cfg, means, sites, pc)
-  rand = (random_pruner(config, cfg, batches, pc, sites)
+  rand = (random_pruner(r.ctx, config.seed, batches, pc, sites)
           if pc.random_control else None)
   heldout = data.eval_batches(config, info, 1)[0]
   paths = []
   for name, entry in plan.items():
     if entry["status"] != "pruned":
-      print(f"{name}: skipped, {entry['reason']}")
+      _log.info(f"{name}: skipped, {entry['reason']}")
       continue
     task = all_tasks[name]
     t0 = time.perf_counter()
@@ -319,6 +307,7 @@ def run(config, workdir: str):
         model_info={"workdir": os.path.abspath(workdir), "step": int(step),
                     "config": config.model.to_dict()},
         prune_config=pc.to_dict())
+    doc["tasks_config"] = config.tasks.to_dict()  # to rebuild the same pairs
     doc["prune_seconds"] = time.perf_counter() - t0
     doc["flags"] = controls.flags(doc)
     out_dir = os.path.join(workdir, "circuits", name)
@@ -328,7 +317,7 @@ def run(config, workdir: str):
       json.dump(doc, f, indent=1, default=_json_default)
     paths.append(path)
     entry.update(controls.summary_row(doc))
-    print(controls.summary_line(name, doc, path))
+    _log.info(controls.summary_line(name, doc, path))
   controls.write_summary(workdir, plan, pc)
   return paths
 
