@@ -26,6 +26,7 @@ apart, in `counts.residual_edges`.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -190,10 +191,14 @@ def nodes(cfg, kept, tau, means, seed_counts=None) -> list[dict]:
   return out
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "names"))
+def _capture_jit(params, tokens, cfg, names):
+  # The model is an argument: as a constant XLA would fold it at compile time.
+  return model_lib.forward(params, tokens, cfg, capture=names)[1]
+
+
 def _capture(params, cfg, tokens, names):
-  _, acts = jax.jit(lambda t: model_lib.forward(params, t, cfg,
-                                                capture=names))(
-                                                    jnp.asarray(tokens))
+  acts = _capture_jit(params, jnp.asarray(tokens), cfg, tuple(names))
   return {k: np.asarray(v) for k, v in acts.items()}
 
 

@@ -96,6 +96,18 @@ def compute_means(params, cfg, batches, sites):
   return {k: np.asarray(v / count) for k, v in total.items()}
 
 
+class Clock:
+  """Seconds per phase, for circuit.json (where a task's time goes)."""
+
+  def __init__(self):
+    self.laps, self._t = {}, time.perf_counter()
+
+  def lap(self, name):
+    now = time.perf_counter()
+    self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+    self._t = now
+
+
 class Evaluator:
   """The selected circuit's test losses, for node annotations: the
   calibration stays the circuit's (fitted on train)."""
@@ -122,8 +134,9 @@ def prune_task(pruner, task, progress=True, settings=None):
   (site -> bool), tau, and every block of the circuit.json schema."""
   pc, n, target = pruner.pc, pruner.n_nodes, pruner.pc.target_loss
   settings = settings or search.sweep_settings(pc)
-  t0 = time.perf_counter()
+  clock = Clock()
   tau, last, bad = pruner.train(task.train, settings, progress=progress)
+  clock.lap("sweep_masks")
   # The smallest circuit reaching the target on train, confirmed on test;
   # a leader that fails on test is excluded and the search runs again.
   excluded = set(np.nonzero(bad)[0].tolist())  # diverged: never selected
@@ -142,7 +155,7 @@ def prune_task(pruner, task, progress=True, settings=None):
   sel = min(range(len(settings)), key=lambda i: (
       not confirmed[i], not ok[i], bool(bad[i]), sr["k"][i],
       sr["train_loss"][i]))
-  search_s = time.perf_counter() - t0
+  clock.lap("sweep_k_search")
   sweep = [{"setting": dataclasses.asdict(s), "diverged": bool(bad[i]),
             "final_task_loss": float(last["task_loss"][i]),
             "final_nodes": float(last["nodes"][i]),
@@ -155,12 +168,14 @@ def prune_task(pruner, task, progress=True, settings=None):
   circuit = sr["keep"][sel]
   seeds = controls.stability_and_nonsense(pruner, task, settings[sel],
                                           circuit, len(settings), progress)
+  clock.lap("stability_and_nonsense")
   ks = sorted(set(np.unique(np.round(np.geomspace(1, n, 12))).astype(int)) |
               {int(sr["k"][sel])})
   curve = pruner.scores(
       np.stack([search.keep_flat(sr["order"][sel], k, n) for k in ks] +
                [np.ones(n, bool)]), task.train, task.test)
   ablated = search.bce(pruner.diffs(~circuit[None], task.test))[0]
+  clock.lap("validation")
   losses = {"full_model": float(curve["test_raw"][-1]),
             "circuit": float(sc["test"][sel]),
             "circuit_uncalibrated": float(sc["test_raw"][sel]),
@@ -176,7 +191,9 @@ def prune_task(pruner, task, progress=True, settings=None):
       setting=sweep[sel]["setting"], k=int(sr["k"][sel]),
       reached=reached["test_calibrated" if pc.calibrate else
                       "test_uncalibrated"],
-      target_reached=reached, selected=sel, search_seconds=search_s,
+      target_reached=reached, selected=sel,
+      search_seconds=clock.laps["sweep_masks"] + clock.laps["sweep_k_search"],
+      seconds=clock.laps,
       sweep=sweep, losses=losses,
       calibration={"scale": float(ab[0]), "shift": float(ab[1]),
                    "fitted_on": "train"},
@@ -301,13 +318,17 @@ def run(config, workdir: str):
     task = all_tasks[name]
     t0 = time.perf_counter()
     res = prune_task(pruner, task)
+    clock = Clock()
     control = random_control(rand, task, res) if rand is not None else None
+    clock.lap("random_init_control")
     doc = circuit_lib.document(
         params, cfg, task, res, means, control, tok, heldout=heldout,
         model_info={"workdir": os.path.abspath(workdir), "step": int(step),
                     "config": config.model.to_dict()},
         prune_config=pc.to_dict())
     doc["tasks_config"] = config.tasks.to_dict()  # to rebuild the same pairs
+    clock.lap("document")  # edges, node annotations and their ablations
+    doc["seconds"] = {**res["seconds"], **clock.laps}
     doc["prune_seconds"] = time.perf_counter() - t0
     doc["flags"] = controls.flags(doc)
     out_dir = os.path.join(workdir, "circuits", name)
