@@ -37,6 +37,18 @@ def nonsense_labels(data, seed):
           np.where(flip, data.target, data.alternative))
 
 
+UNSTABLE_JACCARD = 0.5  # flag a circuit whose seeds overlap less on average
+
+
+def node_ids(flat, sites):
+  """Node ids ("0.attn.v:19") of a flat node mask, in forward order."""
+  out, start = [], 0
+  for s in sites:
+    out += [f"{s.name}:{i}" for i in np.nonzero(flat[start:start + s.width])[0]]
+    start += s.width
+  return out
+
+
 def jaccard(a, b):
   a, b = np.asarray(a, bool), np.asarray(b, bool)
   union = np.sum(a | b)
@@ -82,7 +94,7 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
       "train_loss": [None] + [float(x) for x in sr["train_loss"][s_real]],
       "jaccard": jac,
       "mean_jaccard": float(np.mean(off)) if off else 1.0,
-      "in_every_seed": [int(i) for i in np.nonzero(every)[0]],
+      "in_every_seed": node_ids(every, pruner.sites),
       "n_in_every_seed": int(every.sum()),
       "n_in_any_seed": int(np.any(sets, 0).sum()),
   }
@@ -167,7 +179,7 @@ def flags(doc):
   if ns and ns["flag"]:
     out.append(ns["reason"])
   st = doc.get("stability")
-  if st and st["mean_jaccard"] < 0.5:
+  if st and st["mean_jaccard"] < UNSTABLE_JACCARD:
     out.append(f"other seeds keep other nodes (mean Jaccard "
                f"{st['mean_jaccard']:.2f})")
   rc = doc.get("random_init_control")

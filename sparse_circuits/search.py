@@ -124,14 +124,14 @@ def bce(d_MxN, ab_Mx2=None, sign_MxN=None):
 
 @functools.lru_cache(maxsize=8)
 def _programs(cfg, sites, clip, b2, weight_decay):
-  # The task loss (prune.logit_diff) and the straight-through step are the
-  # prune module's; imported here, at first use, as prune imports this one.
-  from sparse_circuits.prune import hard_step, logit_diff  # pylint: disable=g-import-not-at-top
   """The jitted mask-training step (vmapped over settings) and evaluation
   (vmapped over node sets), cached per model shape and optimizer so that
   every task, setting and control shares one compilation per input shape.
   The model, means and task arrays are arguments, not constants: as
   constants XLA constant-folds the unmasked forward at compile time."""
+  # The task loss (prune.logit_diff) and the straight-through step are the
+  # prune module's; imported here, at first use, as prune imports this one.
+  from sparse_circuits.prune import hard_step, logit_diff  # pylint: disable=g-import-not-at-top
   tx = optax.chain(optax.clip_by_global_norm(clip),
                    optax.scale_by_adam(b1=0.9, b2=b2))
   widths = [s.width for s in sites]

@@ -123,6 +123,7 @@ def test_pruning_recovers_exactly_the_known_circuit_stably():
   st = res["stability"]
   assert st["nodes"] == [3, 3, 3] and st["mean_jaccard"] == 1.0
   assert st["n_in_every_seed"] == 3 and len(set(st["seeds"])) == 3
+  assert set(st["in_every_seed"]) == CIRCUIT
   # Three nodes cannot memorise labels drawn by a coin: the nonsense task
   # stays far from the target and the real circuit is not flagged.
   ns = res["nonsense_control"]
