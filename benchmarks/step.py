@@ -368,42 +368,46 @@ def _prune_inputs(config, workdir):
 
 def prune_bench(config, workdir=None, n_settings=8) -> dict:
   from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import search  # pylint: disable=g-import-not-at-top
   config, cfg, params, means, task, sites, label = _prune_inputs(config,
                                                                  workdir)
   pc = config.prune
   if label.startswith("synthetic"):
     # A random model cannot reach the real target: aim just above its full
     # loss so that the k search does its usual ~log2(nodes) evaluations.
-    full = prune.Evaluator(params, cfg, means, task.train, sites,
-                           pc.calibrate).loss(
-                               {s.name: np.ones(s.width, bool) for s in sites})
+    p0 = search.Pruner(params, cfg, means, sites, pc)
+    full = float(p0.scores(np.ones((1, p0.n_nodes), bool),
+                           task.train)["train"][0])
     pc = pc.copy_and_resolve_references()
     pc.target_loss = full + 0.02
     label += f" (target loss {pc.target_loss:.3f} = full model + 0.02)"
+  pruner = search.Pruner(params, cfg, means, sites, pc)
   start = time.perf_counter()
-  res = prune.prune_task(params, cfg, means, task, pc, sites, progress=False)
+  res = prune.prune_task(pruner, task, progress=False)
   wall = time.perf_counter() - start
-  n_grid = len(prune.sweep_settings(pc))
+  n_grid = len(search.sweep_settings(pc))
   # Vectorised sweep: one step of S settings in one program vs S = 1.
-  step_fn, init_fn = prune.make_train_fn(params, cfg, means, pc, task.train)
+  init_fn, step_fn, _ = search.programs(cfg, sites, pc)
   bs = 2 * min(pc.batch_size, len(task.train.target) // 2)
-  idx = jnp.arange(bs, dtype=jnp.int32)
+  tokens = jnp.asarray(task.train.tokens)
   fns = {}
   for s in (1, n_settings):
-    settings = [prune.Setting(pc.k_coef, pc.lr, pc.temperature, i)
-                for i in range(s)]
     tau = jax.tree.map(lambda *x: jnp.stack(x), *[
-        prune.init_tau(sites, st.seed, pc.init_mean, pc.init_std)
-        for st in settings])
-    state = {"tau": tau, "opt": init_fn(tau)}
+        search.init_tau(sites, i, pc.init_mean, pc.init_std)
+        for i in range(s)])
+    state = {"tau": tau, "opt": init_fn(tau), "bad": jnp.zeros(s, bool)}
     hp = {f: jnp.full((s,), getattr(pc, f), jnp.float32)
           for f in ("k_coef", "lr", "temperature")}
+    idx = jnp.tile(jnp.arange(bs, dtype=jnp.int32), (s, 1))
+    labels = [jnp.tile(jnp.asarray(x), (s, 1))
+              for x in (task.train.target, task.train.alternative)]
 
-    def run(k, state=state, hp=hp):
+    def run(k, state=state, hp=hp, idx=idx, labels=labels):
       m = None
-      for i in range(k):
-        state["tau"], state["opt"], m = step_fn(
-            state["tau"], state["opt"], jnp.float32(i), idx, hp)
+      for _ in range(k):
+        state["tau"], state["opt"], state["bad"], m = step_fn(
+            state["tau"], state["opt"], state["bad"], jnp.float32(0), idx,
+            hp, tokens, *labels, params, means)
       jax.block_until_ready(m)
     fns[s] = run
   t = race(fns, rounds=5, seconds=0.3)

@@ -2,12 +2,31 @@
 
 Nodes (method.md §5): residual read channels (`attn.act_in`, `mlp.act_in`),
 q/k/v channels, MLP neurons (`mlp.post_act`) and residual write channels
-(`attn.resid_delta`, `mlp.resid_delta`). Edges are the nonzero weights between
-two kept nodes, plus residual edges from a write channel to the read channel
-of the same index in any later read site (weighted by that read's norm scale).
+(`attn.resid_delta`, `mlp.resid_delta`).
+
+Edges, counted as the paper counts them (schema_version 2; version 1 added
+the residual connections into `counts.edges`): `counts.edges` is the number
+of nonzero weights between two kept nodes, where the token embedding and
+the unembedding count as nodes too:
+- "weight": inside a block (read -> q/k/v, v -> attention write, read ->
+  MLP neuron -> MLP write), the entry of c_attn / c_proj / c_fc;
+- "embedding": input token t -> kept read of channel c, wte[t, c] (times the
+  read's norm scale), for the task's input tokens: those that tell a pair's
+  two prompts apart in at least 10% of its pairs (the rest is shared by both
+  prompts and cannot decide the answer). The position embedding and the
+  dense bigram table (a direct token -> logit path outside every node) are
+  not counted;
+- "unembedding": kept write of channel c -> the logit of a candidate token
+  v (every target and alternative of the task), lm_head[c, v] (times the
+  final norm's scale).
+A write channel also reaches every later read of the same channel through
+the residual stream: that is a connection, not a weight, so these
+"residual" edges (weighted by the read's norm scale) are drawn but counted
+apart, in `counts.residual_edges`.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +35,8 @@ import numpy as np
 from sparse_circuits import model as model_lib
 from sparse_circuits import sites as sites_lib
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INPUT_PAIR_FRACTION = 0.1  # an input token tells apart >= 10% of pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,22 +69,45 @@ def _np(x):
   return np.asarray(x, np.float64)
 
 
-def edges(params, cfg: model_lib.ModelConfig,
-          kept: dict[str, np.ndarray]) -> list[dict]:
-  """Edges among kept nodes. `kept` maps site name -> bool [width]."""
+def io_tokens(task, eot_id=None) -> dict[str, list[int]]:
+  """The task's input tokens (those that tell a pair's prompts apart in at
+  least INPUT_PAIR_FRACTION of its pairs) and candidate tokens."""
+  counts, n_pairs = {}, 0
+  for data in (task.train, task.test):
+    for a in range(0, len(data.target) - 1, 2):
+      diff = set(data.tokens[a].tolist()) ^ set(data.tokens[a + 1].tolist())
+      for t in diff - {eot_id}:
+        counts[t] = counts.get(t, 0) + 1
+      n_pairs += 1
+  cand = set(task.train.target.tolist()) | set(
+      task.train.alternative.tolist())
+  return {"embed": sorted(t for t, c in counts.items()
+                          if c >= INPUT_PAIR_FRACTION * n_pairs),
+          "logit": sorted(int(t) for t in cand)}
+
+
+def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
+          io: dict[str, list[int]] | None = None) -> list[dict]:
+  """Edges among kept nodes (`kept`: site name -> bool [width]), with kind
+  "weight", "embedding", "unembedding" (all nonzero weights) or "residual";
+  io: the input and candidate tokens (`io_tokens`), none if omitted."""
   hd = cfg.n_head * cfg.d_head
   out = []
 
-  def add(src_site, dst_site, w, kind="weight"):
-    src, dst = kept.get(src_site), kept.get(dst_site)
+  def add(src_site, dst_site, w, kind="weight", src_ids=None, dst_ids=None):
+    src = kept.get(src_site) if src_ids is None else np.ones(len(src_ids))
+    dst = kept.get(dst_site) if dst_ids is None else np.ones(len(dst_ids))
     if src is None or dst is None or not src.any() or not dst.any():
       return
     for i in np.nonzero(src)[0]:
       for j in np.nonzero(dst)[0]:
         if w[i, j] != 0:
-          out.append({"source": node_id(src_site, int(i)),
-                      "target": node_id(dst_site, int(j)),
-                      "weight": float(w[i, j]), "kind": kind})
+          out.append({
+              "source": (src_ids[i] if src_ids is not None else
+                         node_id(src_site, int(i))),
+              "target": (dst_ids[j] if dst_ids is not None else
+                         node_id(dst_site, int(j))),
+              "weight": float(w[i, j]), "kind": kind})
 
   for layer in range(cfg.n_layer):
     blk = params[f"h_{layer}"]
@@ -78,19 +121,62 @@ def edges(params, cfg: model_lib.ModelConfig,
         _np(blk["mlp"]["c_fc"]["kernel"]))
     add(f"{layer}.mlp.post_act", f"{layer}.mlp.resid_delta",
         _np(blk["mlp"]["c_proj"]["kernel"]))
-  # Residual: a write reaches every later read of the same channel.
   sites = node_sites(cfg)
-  for w_site in (s for s in sites if s.kind == "resid_write"):
-    for r_site in (s for s in sites if s.kind == "resid_read" and
-                   s.order > w_site.order):
-      ln = "ln_1" if r_site.name.endswith("attn.act_in") else "ln_2"
-      scale = _np(params[f"h_{r_site.layer}"][ln]["weight"])
-      add(w_site.name, r_site.name, np.diag(scale), kind="residual")
+  reads = [s for s in sites if s.kind == "resid_read"]
+  writes = [s for s in sites if s.kind == "resid_write"]
+
+  def read_scale(r_site):
+    ln = "ln_1" if r_site.name.endswith("attn.act_in") else "ln_2"
+    return _np(params[f"h_{r_site.layer}"][ln]["weight"])
+
+  io = io or {"embed": [], "logit": []}
+  if io["embed"]:
+    wte = _np(params["wte"]["embedding"])[io["embed"]]
+    ids = [f"embed:{t}" for t in io["embed"]]
+    for r_site in reads:
+      add(None, r_site.name, wte * read_scale(r_site), "embedding",
+          src_ids=ids)
+  if io["logit"]:
+    w = (_np(params["ln_f"]["weight"])[:, None] *
+         _np(params["lm_head"]["kernel"])[:, io["logit"]])
+    ids = [f"logit:{t}" for t in io["logit"]]
+    for w_site in writes:
+      add(w_site.name, None, w, "unembedding", dst_ids=ids)
+  # Residual: a write reaches every later read of the same channel.
+  for w_site in writes:
+    for r_site in (s for s in reads if s.order > w_site.order):
+      add(w_site.name, r_site.name, np.diag(read_scale(r_site)),
+          kind="residual")
   return out
 
 
-def nodes(cfg, kept, tau, means) -> list[dict]:
-  """Node records of the kept nodes (tau and mean from the pruning)."""
+def io_nodes(edge_recs, tok=None) -> list[dict]:
+  """The embedding and unembedding token nodes some edge touches."""
+  seen = []
+  for e in edge_recs:
+    for end in (e["source"], e["target"]):
+      if end.startswith(("embed:", "logit:")) and end not in seen:
+        seen.append(end)
+  out = []
+  for nid in sorted(seen, key=lambda x: (x.startswith("logit"), x)):
+    kind, _, t = nid.partition(":")
+    out.append({"id": nid, "kind": kind, "token_id": int(t),
+                "token": tok.token_str(int(t)) if tok is not None else t})
+  return out
+
+
+def edge_counts(edge_recs) -> dict:
+  by_kind = {}
+  for e in edge_recs:
+    by_kind[e["kind"]] = by_kind.get(e["kind"], 0) + 1
+  return {"edges": sum(v for k, v in by_kind.items() if k != "residual"),
+          "residual_edges": by_kind.get("residual", 0),
+          "edges_by_kind": by_kind}
+
+
+def nodes(cfg, kept, tau, means, seed_counts=None) -> list[dict]:
+  """Node records of the kept nodes (tau and mean from the pruning; how
+  many stability seeds kept each node)."""
   hd = cfg.d_head
   out = []
   for s in node_sites(cfg):
@@ -99,14 +185,20 @@ def nodes(cfg, kept, tau, means) -> list[dict]:
           "id": node_id(s.name, int(i)), "site": s.name, "layer": s.layer,
           "kind": s.kind, "index": int(i),
           "head": int(i) // hd if s.kind in ("q", "k", "v") else None,
-          "tau": float(tau[s.name][i]), "mean": float(means[s.name][i])})
+          "tau": float(tau[s.name][i]), "mean": float(means[s.name][i]),
+          "seeds_kept": (None if seed_counts is None else
+                         int(seed_counts[s.name][i]))})
   return out
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "names"))
+def _capture_jit(params, tokens, cfg, names):
+  # The model is an argument: as a constant XLA would fold it at compile time.
+  return model_lib.forward(params, tokens, cfg, capture=names)[1]
+
+
 def _capture(params, cfg, tokens, names):
-  _, acts = jax.jit(lambda t: model_lib.forward(params, t, cfg,
-                                                capture=names))(
-                                                    jnp.asarray(tokens))
+  acts = _capture_jit(params, jnp.asarray(tokens), cfg, tuple(names))
   return {k: np.asarray(v) for k, v in acts.items()}
 
 
@@ -125,7 +217,13 @@ def annotate(node_recs, params, cfg, task, tok, heldout, evaluator, keep,
   ends = [int(data.last[r]) + 1 for r in rows]  # prompts are right-padded
   held = heldout[:, :-1][:32]
   hacts = _capture(params, cfg, held, names)
-  base = evaluator.loss(keep)
+  minus = []
+  for rec in node_recs[:max_ablations]:
+    m = {k: v.copy() for k, v in keep.items()}
+    m[rec["site"]][rec["index"]] = False
+    minus.append(m)
+  # One batched evaluation: the circuit, then each node removed from it.
+  loss = evaluator.losses([keep] + minus)
   for n_i, rec in enumerate(node_recs):
     s, i = rec["site"], rec["index"]
     rec["example_acts"] = [
@@ -142,12 +240,8 @@ def annotate(node_recs, params, cfg, task, tok, heldout, evaluator, keep,
                        "acts": h[b, lo:hi].round(4).tolist(),
                        "peak": p - lo})
     rec["top_snippets"] = snippets
-    if n_i < max_ablations:
-      minus = {k: v.copy() for k, v in keep.items()}
-      minus[s][i] = False
-      rec["ablation_delta"] = evaluator.loss(minus) - base
-    else:
-      rec["ablation_delta"] = None
+    rec["ablation_delta"] = (float(loss[1 + n_i] - loss[0])
+                             if n_i < max_ablations else None)
 
 
 def _examples(task, tok, n=3):
@@ -169,9 +263,9 @@ def document(params, cfg, task, res, means, control, tok, heldout,
              model_info, prune_config) -> dict:
   """The circuit.json document (schema in the README)."""
   keep = res["keep"]
-  node_recs = nodes(cfg, keep, res["tau"], means)
+  node_recs = nodes(cfg, keep, res["tau"], means, res.get("seed_counts"))
   annotate(node_recs, params, cfg, task, tok, heldout, res["evaluator"], keep)
-  edge_recs = edges(params, cfg, keep)
+  edge_recs = edges(params, cfg, keep, io_tokens(task, tok.eot_id))
   losses = dict(res["losses"])
   losses["random_init_control"] = None if control is None else control["loss"]
   return {
@@ -184,12 +278,18 @@ def document(params, cfg, task, res, means, control, tok, heldout,
       "model": model_info,
       "prune_config": prune_config,
       "selected_setting": res["setting"],
+      "selected_index": res["selected"],
       "target_reached": bool(res["reached"]),
+      "reached": res["target_reached"],
+      "calibration": res["calibration"],
       "sweep": res["sweep"],
+      "stability": res["stability"],
+      "nonsense_control": res["nonsense_control"],
       "random_init_control": control,
       "nodes": node_recs,
+      "io_nodes": io_nodes(edge_recs, tok),
       "edges": edge_recs,
-      "counts": {"nodes": len(node_recs), "edges": len(edge_recs),
+      "counts": {"nodes": len(node_recs), **edge_counts(edge_recs),
                  "total_nodes": int(sum(s.width for s in node_sites(cfg)))},
       "losses": losses,
       "loss_vs_k": res["loss_vs_k"],

@@ -25,15 +25,13 @@ import dataclasses
 import math
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import flops
-from sparse_circuits import prune
+from sparse_circuits import search
 from sparse_circuits import sharding
 from sparse_circuits import train
 
@@ -132,13 +130,13 @@ def train_step_report(setup) -> Report:
 
 
 def prune_step_report(setup) -> Report:
-  """The vectorised mask-training step of `prune.make_train_fn`, for the
+  """The vectorised mask-training step of `search.programs`, for the
   config's sweep, on PROMPT_LEN-token prompts (all replicated: the prune
   program does not shard its batch)."""
   config, cfg = setup.config, setup.cfg
   pc = config.prune
   sites = circuit_lib.node_sites(cfg)
-  n_set = len(prune.sweep_settings(pc))
+  n_set = int(pc.sweep_size)
   n_prompts, t_len = max(config.tasks.n_train, 2), min(PROMPT_LEN,
                                                          cfg.block_size)
   bs = 2 * min(pc.batch_size, n_prompts // 2)
@@ -147,25 +145,17 @@ def prune_step_report(setup) -> Report:
   def r(shape, dtype=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=rep)
 
-  def step(params, means, tokens, target, alternative, tau, opt_state, i,
-           idx, hp):
-    data = types.SimpleNamespace(tokens=tokens, target=target,
-                                 alternative=alternative)
-    step_fn, _ = prune.make_train_fn(params, cfg, means, pc, data)
-    return step_fn(tau, opt_state, i, idx, hp)
-
+  init_fn, step_fn, _ = search.programs(cfg, sites, pc)
   tau = {s.name: r((n_set, s.width)) for s in sites}
-  _, init_fn = prune.make_train_fn(None, cfg, None, pc, types.SimpleNamespace(
-      tokens=np.zeros((1, 1), np.int32), target=np.zeros(1, np.int32),
-      alternative=np.zeros(1, np.int32)))
   opt_state = jax.tree.map(lambda a: r(a.shape, a.dtype),
                            jax.eval_shape(init_fn, tau))
-  args = (setup.abstract_params, {s.name: r((s.width,)) for s in sites},
-          r((n_prompts, t_len), jnp.int32), r((n_prompts,), jnp.int32),
-          r((n_prompts,), jnp.int32), tau, opt_state, r(()),
-          r((bs,), jnp.int32),
-          {f: r((n_set,)) for f in ("k_coef", "lr", "temperature")})
-  return _compile(f"prune step ({n_set} settings)", jax.jit(step), *args)
+  args = (tau, opt_state, r((n_set,), jnp.bool_), r(()),
+          r((n_set, bs), jnp.int32),
+          {f: r((n_set,)) for f in ("k_coef", "lr", "temperature")},
+          r((n_prompts, t_len), jnp.int32), r((n_set, n_prompts), jnp.int32),
+          r((n_set, n_prompts), jnp.int32), setup.abstract_params,
+          {s.name: r((s.width,)) for s in sites})
+  return _compile(f"prune step ({n_set} settings)", step_fn, *args)
 
 
 def memory_limit_bytes(config, devices) -> float:

@@ -1,15 +1,23 @@
 """`--mode=prune`: learn node masks on a trained model, find the smallest
-circuit that keeps the task loss at the target, validate it (paper §2.2, App. A.5).
+circuit that keeps the task loss at the target, and check it (paper §2.2,
+App. A.5).
 
 A program separate from training: it restores parameters only, never builds
 the training optimizer, and hands the model a pytree of interventions
-(x <- m*x + (1-m)*mean, m = H(tau)) keyed by site name. Several
-hyperparameter settings train at once in one jitted program (vmap over the
-mask parameters) instead of the authors' hundreds of sequential runs.
+(x <- m*x + (1-m)*mean, m = H(tau)) keyed by site name.
+
+Where the authors ran hundreds of sequential runs per task, every setting of
+the sweep (k_coef, lr, temperature, init mean, seed) trains its masks in one
+jitted, vmapped program, and the k search bisects every setting's node
+ranking at once (one batched evaluation per round). What a sceptical reader
+needs is part of every circuit (`controls.py`): the logit calibration
+(positive scale, shift) is fitted on the train pairs and scored on the test
+pairs; the selected setting is pruned again with other seeds; the same
+prompts with labels drawn by a coin per pair, and a randomly initialised
+model, are pruned the same way.
 """
 
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -17,12 +25,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
 
 from sparse_circuits import circuit as circuit_lib
+from sparse_circuits import controls
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
+from sparse_circuits import search
 
 _log = reporting.get(__name__)
 
@@ -52,28 +60,19 @@ def interventions(masks, means):
   return {s: {"mask": masks[s], "mean": means[s]} for s in masks}
 
 
-def last_logits(params, cfg, tokens, masks=None, means=None, last=None):
-  """Logits at each row's last prompt position `last` [N] (right-padded task
-  prompts, `TaskData.last`); with last=None, at the final column."""
+def last_logits(params, cfg, tokens, masks=None, means=None):
   iv = interventions(masks, means) if masks is not None else None
   logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv,
-                                last_only=last is None, read_at=last)
+                                last_only=True)
   return logits[:, -1]
 
 
 def logit_diff(params, cfg, data_tokens, target, alternative, masks=None,
-               means=None, last=None):
+               means=None):
   """d = logit[target] - logit[alternative] at the last position, [N]."""
-  lg = last_logits(params, cfg, data_tokens, masks, means, last)
+  lg = last_logits(params, cfg, data_tokens, masks, means)
   return (jnp.take_along_axis(lg, target[:, None], 1)[:, 0] -
           jnp.take_along_axis(lg, alternative[:, None], 1)[:, 0])
-
-
-def _last(data):
-  """The read positions of task data (`TaskData.last`); None for data
-  without them, read at the final column."""
-  last = getattr(data, "last", None)
-  return None if last is None else jnp.asarray(last, jnp.int32)
 
 
 # ---------------------------------------------------------------- means
@@ -97,215 +96,120 @@ def compute_means(params, cfg, batches, sites):
   return {k: np.asarray(v / count) for k, v in total.items()}
 
 
-# ---------------------------------------------------------------- training
+class Clock:
+  """Seconds per phase, for circuit.json (where a task's time goes)."""
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  k_coef: float
-  lr: float
-  temperature: float
-  seed: int
+  def __init__(self):
+    self.laps, self._t = {}, time.perf_counter()
 
-
-def sweep_settings(pc) -> list[Setting]:
-  return [Setting(*s) for s in itertools.product(
-      pc.sweep_k_coef, pc.sweep_lr, pc.sweep_temperature, pc.sweep_seeds)]
-
-
-def init_tau(sites, seed, mean=0.1, std=0.01):
-  key = jax.random.key(seed)
-  keys = jax.random.split(key, len(sites))
-  return {s.name: mean + std * jax.random.normal(k, (s.width,))
-          for s, k in zip(sites, keys)}
-
-
-def _mask_tx(pc):
-  return optax.chain(optax.clip_by_global_norm(pc.clip),
-                     optax.scale_by_adam(b1=0.9, b2=pc.b2))
-
-
-def make_train_fn(params, cfg, means, pc, data):
-  """A jitted step over a stack of settings: (tau, opt, step, idx, hp) -> ...
-
-  The model, means and task arrays are arguments of the jitted program, not
-  constants closed over: as constants XLA constant-folds the unmasked part
-  of the forward pass at compile time (seconds per compile)."""
-  tx = _mask_tx(pc)
-  consts = (params, means, jnp.asarray(data.tokens), jnp.asarray(data.target),
-            jnp.asarray(data.alternative), _last(data))
-
-  def loss_fn(tau, temperature, k_coef, idx, consts):
-    params, means, tokens, target, alt, last = consts
-    masks = {s: hard_step(t, temperature) for s, t in tau.items()}
-    d = logit_diff(params, cfg, tokens[idx], target[idx], alt[idx], masks,
-                   means, None if last is None else last[idx])
-    task = jnp.mean(jax.nn.softplus(-d))
-    n_on = sum(jnp.sum(m) for m in masks.values())
-    return task + k_coef * n_on, (task, n_on)
-
-  def one(tau, opt_state, step, idx, hp, consts):
-    (_, (task, n_on)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        tau, hp["temperature"], hp["k_coef"], idx, consts)
-    u, opt_state = tx.update(g, opt_state)
-    lr = hp["lr"] * (1.0 - step / pc.steps)
-    tau = jax.tree.map(
-        lambda t, u: jnp.clip(t - lr * (u + pc.weight_decay * t), -1, 1),
-        tau, u)
-    return tau, opt_state, {"task_loss": task, "nodes": n_on}
-
-  step_fn = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0, None)))
-  return (lambda tau, opt_state, step, idx, hp:
-          step_fn(tau, opt_state, step, idx, hp, consts)), jax.vmap(tx.init)
-
-
-def train_masks(params, cfg, means, pc, data, settings, sites, progress=True):
-  """Trains one tau pytree per setting, all at once; returns stacked taus."""
-  step_fn, init_fn = make_train_fn(params, cfg, means, pc, data)
-  tau = jax.tree.map(lambda *x: jnp.stack(x), *[
-      init_tau(sites, s.seed, pc.init_mean, pc.init_std) for s in settings])
-  opt_state = init_fn(tau)
-  hp = {f: jnp.asarray([getattr(s, f) for s in settings], jnp.float32)
-        for f in ("k_coef", "lr", "temperature")}
-  n_pairs = len(data.target) // 2
-  rng = np.random.default_rng(pc.get("seed", 0))
-  bs = min(pc.batch_size, n_pairs)
-  for step in tqdm(range(pc.steps), desc="masks", disable=not progress,
-                   leave=False):
-    pairs = rng.choice(n_pairs, bs, replace=False)
-    idx = jnp.asarray(np.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1))
-    tau, opt_state, m = step_fn(tau, opt_state, jnp.float32(step), idx, hp)
-  return tau, jax.device_get(m)
-
-
-# ---------------------------------------------------------------- discretise
-
-def _calibrated_loss(d, sign, steps=16):
-  """min over (a, b) of mean softplus(-(a*d + b*sign)), by LBFGS."""
-  def f(ab):
-    return jnp.mean(jax.nn.softplus(-(ab[0] * d + ab[1] * sign)))
-  opt = optax.lbfgs()
-  ab = jnp.array([1.0, 0.0])
-  state = opt.init(ab)
-  vg = optax.value_and_grad_from_state(f)
-  for _ in range(steps):
-    v, g = vg(ab, state=state)
-    u, state = opt.update(g, state, ab, value=v, grad=g, value_fn=f)
-    ab = optax.apply_updates(ab, u)
-  return jnp.minimum(f(ab), f(jnp.array([1.0, 0.0])))
+  def lap(self, name):
+    now = time.perf_counter()
+    self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+    self._t = now
 
 
 class Evaluator:
-  """Task loss of the model with a given set of nodes kept (rest ablated)."""
+  """The selected circuit's test losses, for node annotations: the
+  calibration stays the circuit's (fitted on train)."""
 
-  def __init__(self, params, cfg, means, data, sites, calibrate):
-    self.sites, self.calibrate = sites, calibrate
-    consts = (params, means, jnp.asarray(data.tokens),
-              jnp.asarray(data.target), jnp.asarray(data.alternative),
-              _last(data))
+  def __init__(self, pruner, test, ab):
+    self.pruner, self.test, self.ab = pruner, test, np.asarray(ab)
 
-    @jax.jit
-    def losses(masks, consts):  # arguments, not constants: see make_train_fn
-      params, means, tokens, target, alt, last = consts
-      d = logit_diff(params, cfg, tokens, target, alt, masks, means, last)
-      raw = jnp.mean(jax.nn.softplus(-d))
-      sign = jnp.where(target < alt, 1.0, -1.0)
-      return raw, (_calibrated_loss(d, sign) if calibrate else raw)
+  def losses(self, keeps):
+    """Calibrated test loss of each node set (site -> bool dicts)."""
+    flat = np.stack([np.concatenate([k[s.name] for s in self.pruner.sites])
+                     for k in keeps])
+    d = self.pruner.diffs(flat, self.test)
+    return search.bce(d, np.tile(self.ab, (len(flat), 1)),
+                      self.pruner.signs(self.test, len(flat)))
 
-    self._losses = lambda masks: losses(masks, consts)
-
-  def masks_from_keep(self, keep):
-    return {s.name: jnp.asarray(keep[s.name], jnp.float32) for s in self.sites}
-
-  def loss(self, keep, calibrated=True):
-    raw, cal = self._losses(self.masks_from_keep(keep))
-    return float(cal if calibrated else raw)
-
-
-def ranking(tau, sites):
-  """Flat node order by tau, descending (ties to forward order)."""
-  flat = np.concatenate([np.asarray(tau[s.name]) for s in sites])
-  return np.argsort(-flat, kind="stable")
-
-
-def keep_top(order, k, sites):
-  flat = np.zeros(sum(s.width for s in sites), bool)
-  flat[order[:k]] = True
-  out, start = {}, 0
-  for s in sites:
-    out[s.name] = flat[start:start + s.width]
-    start += s.width
-  return out
-
-
-def smallest_k(evaluator, order, sites, target):
-  """Bisection for the smallest k whose (calibrated) loss <= target.
-  Returns (k, loss, reached)."""
-  n = len(order)
-  full = evaluator.loss(keep_top(order, n, sites))
-  if full > target:
-    return n, full, False
-  lo, hi, hi_loss = 0, n, full
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    l = evaluator.loss(keep_top(order, mid, sites))
-    if l <= target:
-      hi, hi_loss = mid, l
-    else:
-      lo = mid
-  return hi, hi_loss, True
+  def loss(self, keep):
+    return float(self.losses([keep])[0])
 
 
 # ---------------------------------------------------------------- one task
 
-def prune_task(params, cfg, means, task, pc, sites, progress=True,
-               settings=None):
-  """Sweep, discretise and validate one task. Returns a result dict with the
-  kept nodes (site -> bool), tau, and every loss of the circuit.json schema."""
-  settings = settings or sweep_settings(pc)
-  t0 = time.perf_counter()
-  tau, last = train_masks(params, cfg, means, pc, task.train, settings, sites,
-                          progress)
-  train_eval = Evaluator(params, cfg, means, task.train, sites, pc.calibrate)
-  best = None
-  for i, s in enumerate(settings):
-    tau_i = {k: np.asarray(v[i]) for k, v in tau.items()}
-    order = ranking(tau_i, sites)
-    k, loss, ok = smallest_k(train_eval, order, sites, pc.target_loss)
-    cand = dict(setting=dataclasses.asdict(s), k=k, train_loss=loss,
-                reached=ok, tau=tau_i, order=order)
-    if best is None or (ok, -k, -loss) > (best["reached"], -best["k"],
-                                          -best["train_loss"]):
-      best = cand
-  search_s = time.perf_counter() - t0
-  test_eval = Evaluator(params, cfg, means, task.test, sites, pc.calibrate)
-  n = len(best["order"])
-  keep = keep_top(best["order"], best["k"], sites)
-  ablated = {k: ~v for k, v in keep.items()}
-  all_on = keep_top(best["order"], n, sites)
-  ks = sorted(set(np.unique(np.round(np.geomspace(1, n, 14))).astype(int)) |
-              {best["k"]})
-  curve = [{"k": int(k), "loss": test_eval.loss(keep_top(best["order"], k,
-                                                          sites))} for k in ks]
+def prune_task(pruner, task, progress=True, settings=None):
+  """Sweep, select, confirm and control one task. Returns the kept nodes
+  (site -> bool), tau, and every block of the circuit.json schema."""
+  pc, n, target = pruner.pc, pruner.n_nodes, pruner.pc.target_loss
+  settings = settings or search.sweep_settings(pc)
+  clock = Clock()
+  tau, last, bad = pruner.train(task.train, settings, progress=progress)
+  clock.lap("sweep_masks")
+  # The smallest circuit reaching the target on train, confirmed on test;
+  # a leader that fails on test is excluded and the search runs again.
+  excluded = set(np.nonzero(bad)[0].tolist())  # diverged: never selected
+  for attempt in range(4):
+    sr = pruner.search(tau, task.train, target, progress=progress,
+                       exact=False, exclude=sorted(excluded))
+    sc = pruner.scores(sr["keep"], task.train, task.test,
+                       d_train=sr["d_train"])
+    ok = sr["reached"] & ~bad
+    confirmed = ok & (sc["test"] <= target)
+    lead = min(range(len(settings)), key=lambda i: (
+        i in excluded, not ok[i], sr["k"][i], sr["train_loss"][i]))
+    if confirmed[lead] or not ok[lead] or lead in excluded or attempt == 3:
+      break
+    excluded.add(lead)
+  sel = min(range(len(settings)), key=lambda i: (
+      not confirmed[i], not ok[i], bool(bad[i]), sr["k"][i],
+      sr["train_loss"][i]))
+  clock.lap("sweep_k_search")
+  sweep = [{"setting": dataclasses.asdict(s), "diverged": bool(bad[i]),
+            "final_task_loss": float(last["task_loss"][i]),
+            "final_nodes": float(last["nodes"][i]),
+            "nodes": int(sr["k"][i]), "exact": bool(sr["exact"][i]),
+            "train_loss": float(sr["train_loss"][i]),
+            "test_loss": float(sc["test"][i]),
+            "test_loss_uncalibrated": float(sc["test_raw"][i]),
+            "reached_train": bool(ok[i]), "reached_test": bool(confirmed[i])}
+           for i, s in enumerate(settings)]
+  circuit = sr["keep"][sel]
+  seeds = controls.stability_and_nonsense(pruner, task, settings[sel],
+                                          circuit, len(settings), progress)
+  clock.lap("stability_and_nonsense")
+  ks = sorted(set(np.unique(np.round(np.geomspace(1, n, 12))).astype(int)) |
+              {int(sr["k"][sel])})
+  curve = pruner.scores(
+      np.stack([search.keep_flat(sr["order"][sel], k, n) for k in ks] +
+               [np.ones(n, bool)]), task.train, task.test)
+  ablated = search.bce(pruner.diffs(~circuit[None], task.test))[0]
+  clock.lap("validation")
+  losses = {"full_model": float(curve["test_raw"][-1]),
+            "circuit": float(sc["test"][sel]),
+            "circuit_uncalibrated": float(sc["test_raw"][sel]),
+            "circuit_train": float(sr["train_loss"][sel]),
+            "circuit_ablated": float(ablated), "target": target}
+  reached = {"train": bool(ok[sel]),
+             "test_calibrated": bool(sc["test"][sel] <= target),
+             "test_uncalibrated": bool(sc["test_raw"][sel] <= target)}
+  ab = sc["ab"][sel]
   return dict(
-      keep=keep, tau=best["tau"], setting=best["setting"], k=best["k"],
-      reached=best["reached"], search_seconds=search_s,
-      sweep=[{"setting": dataclasses.asdict(s),
-              "final_task_loss": float(last["task_loss"][i]),
-              "final_nodes": float(last["nodes"][i])}
-             for i, s in enumerate(settings)],
-      losses={"full_model": test_eval.loss(all_on, calibrated=False),
-              "circuit": test_eval.loss(keep),
-              "circuit_uncalibrated": test_eval.loss(keep, calibrated=False),
-              "circuit_train": best["train_loss"],
-              "circuit_ablated": test_eval.loss(ablated, calibrated=False),
-              "target": pc.target_loss},
-      loss_vs_k=curve, evaluator=test_eval)
+      keep=search.split_sites(circuit, pruner.sites),
+      tau=search.split_sites(tau[sel], pruner.sites),
+      setting=sweep[sel]["setting"], k=int(sr["k"][sel]),
+      reached=reached["test_calibrated" if pc.calibrate else
+                      "test_uncalibrated"],
+      target_reached=reached, selected=sel,
+      search_seconds=clock.laps["sweep_masks"] + clock.laps["sweep_k_search"],
+      seconds=clock.laps,
+      sweep=sweep, losses=losses,
+      calibration={"scale": float(ab[0]), "shift": float(ab[1]),
+                   "fitted_on": "train"},
+      loss_vs_k=[{"k": int(k), "loss": float(c), "loss_uncalibrated": float(r)}
+                 for k, c, r in zip(ks, curve["test"], curve["test_raw"])],
+      stability=seeds["stability"], nonsense_control=seeds["nonsense"],
+      seed_counts=search.split_sites(seeds["counts"], pruner.sites),
+      evaluator=Evaluator(pruner, task.test, ab))
 
 
-def random_control(ctx, seed, batches, task, pc, sites, setting):
-  """The same pruning (the setting that won on the trained model) on a
-  randomly initialised model of the same shape (sparsified to the run's
-  final k when the run is sparse)."""
+# ---------------------------------------------------------------- controls
+
+def random_pruner(ctx, seed, batches, pc, sites):
+  """A randomly initialised model of the same shape (sparsified to the run's
+  final k when the run is sparse) with its own means, for the random-init
+  control."""
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   cfg = ctx.cfg
   rand = model_lib.init_params(cfg, seed + 1)
@@ -313,18 +217,76 @@ def random_control(ctx, seed, batches, task, pc, sites, setting):
     rand = sparsity.project(rand, ctx.plan,
                             jnp.int32(ctx.plan.schedule.num_steps))
   means = compute_means(rand, cfg, batches, sites)
-  res = prune_task(rand, cfg, means, task, pc, sites, progress=False,
-                   settings=[Setting(**setting)])
-  return {"loss": res["losses"]["circuit"], "k": res["k"],
-          "reached": res["reached"],
-          "full_model": res["losses"]["full_model"]}
+  return search.Pruner(rand, cfg, means, sites, pc)
+
+
+def random_control(pruner, task, res):
+  """The same pruning (the setting that won on the trained model) on the
+  random model: the same compiled programs, the model is an argument."""
+  tau, _, bad = pruner.train(task.train, [search.Setting(**res["setting"])],
+                             progress=False)
+  sr = pruner.search(tau, task.train, pruner.pc.target_loss)
+  sc = pruner.scores(np.concatenate([sr["keep"], np.ones_like(sr["keep"])]),
+                     task.train, task.test)
+  return {"loss": float(sc["test"][0]), "train_loss": float(sc["train"][0]),
+          "k": int(sr["k"][0]),
+          "reached": bool(sr["reached"][0] and not bad[0]),
+          "full_model": float(sc["test_raw"][1])}
 
 
 # ---------------------------------------------------------------- the mode
 
+def task_names(tasks):
+  """config.prune.tasks -> (names or None for all, learned?). Entries may
+  hold several comma-separated names; "learned" alone selects by accuracy."""
+  names = [n.strip() for t in tasks for n in str(t).split(",") if n.strip()]
+  if "learned" in names:
+    if len(names) > 1:
+      raise ValueError('config.prune.tasks: "learned" cannot be combined '
+                       f"with task names, got {names}")
+    return None, True
+  if not names:
+    raise ValueError("config.prune.tasks names no task")
+  return names, False
+
+
+def choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned):
+  """{name: {"status": "pruned" | "skipped", "reason", "accuracy"}}. With
+  "learned", a task is pruned when the model gets >= prune.min_accuracy of
+  its test pairs right (from eval_summary.json of this step, else
+  evaluated here): a circuit for a task the model cannot do explains
+  nothing."""
+  from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  if not learned:
+    return {n: {"status": "pruned", "reason": "asked for"} for n in all_tasks}
+  acc = {}
+  path = os.path.join(workdir, "eval_summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f)
+    if summary.get("step") == int(step):
+      acc = {k: v["accuracy"] for k, v in summary.get("tasks", {}).items()}
+  plan = {}
+  for name, task in all_tasks.items():
+    a = acc.get(name)
+    if a is None:
+      a = tasks_lib.evaluate_task(params, cfg, task.test)["accuracy"]
+    if a >= pc.min_accuracy:
+      plan[name] = {"status": "pruned", "accuracy": a,
+                    "reason": f"accuracy {a:.3f} >= {pc.min_accuracy}"}
+    else:
+      plan[name] = {"status": "skipped", "accuracy": a,
+                    "reason": f"accuracy {a:.3f} < prune.min_accuracy "
+                              f"{pc.min_accuracy}: the model has not "
+                              "learned it"}
+  return plan
+
 
 def run(config, workdir: str):
-  """`--mode=prune`: one circuit.json per task in config.prune.tasks."""
+  """`--mode=prune`: one circuit.json per task of config.prune.tasks
+  ("learned": every task the model gets >= prune.min_accuracy right), and
+  circuits/prune_summary.json. The means, the tokenized tasks and the
+  compiled programs are shared by every task."""
   from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
@@ -341,40 +303,44 @@ def run(config, workdir: str):
     means = compute_means(params, cfg, batches, sites)
     os.makedirs(os.path.dirname(means_path), exist_ok=True)
     np.savez(means_path, **means)
-  means_j = {k: jnp.asarray(v) for k, v in means.items()}
-  all_tasks = tasks_lib.build_all(config, tok, names=list(pc.tasks))
+  names, learned = task_names(pc.tasks)
+  all_tasks = tasks_lib.build_all(config, tok, names=names)
+  plan = choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned)
+  pruner = search.Pruner(params, cfg, means, sites, pc)
+  rand = (random_pruner(r.ctx, config.seed, batches, pc, sites)
+          if pc.random_control else None)
+  heldout = data.eval_batches(config, info, 1)[0]
   paths = []
-  for name in pc.tasks:
+  for name, entry in plan.items():
+    if entry["status"] != "pruned":
+      _log.info(f"{name}: skipped, {entry['reason']}")
+      continue
     task = all_tasks[name]
-    res = prune_task(params, cfg, means_j, task, pc, sites)
-    control = (random_control(r.ctx, config.seed, batches, task, pc, sites,
-                              res["setting"]) if pc.random_control else None)
+    t0 = time.perf_counter()
+    res = prune_task(pruner, task)
+    clock = Clock()
+    control = random_control(rand, task, res) if rand is not None else None
+    clock.lap("random_init_control")
     doc = circuit_lib.document(
-        params, cfg, task, res, means, control, tok,
-        heldout=data.eval_batches(config, info, 1)[0],
+        params, cfg, task, res, means, control, tok, heldout=heldout,
         model_info={"workdir": os.path.abspath(workdir), "step": int(step),
                     "config": config.model.to_dict()},
         prune_config=pc.to_dict())
     doc["tasks_config"] = config.tasks.to_dict()  # to rebuild the same pairs
+    clock.lap("document")  # edges, node annotations and their ablations
+    doc["seconds"] = {**res["seconds"], **clock.laps}
+    doc["prune_seconds"] = time.perf_counter() - t0
+    doc["flags"] = controls.flags(doc)
     out_dir = os.path.join(workdir, "circuits", name)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "circuit.json")
     with open(path, "w") as f:
       json.dump(doc, f, indent=1, default=_json_default)
     paths.append(path)
-    L = doc["losses"]
-    _log.info(f"{name}: {doc['counts']['nodes']} nodes, {doc['counts']['edges']} "
-          f"edges (of {doc['counts']['total_nodes']}); loss full "
-          f"{L['full_model']:.3f}, circuit {L['circuit']:.3f} "
-          f"(target {pc.target_loss}{'' if res['reached'] else ', NOT reached'}"
-          f"), circuit ablated {L['circuit_ablated']:.3f}, random-init "
-          f"control {_fmt(L['random_init_control'])}; "
-          f"{res['search_seconds']:.0f}s -> {path}")
+    entry.update(controls.summary_row(doc))
+    _log.info(controls.summary_line(name, doc, path))
+  controls.write_summary(workdir, plan, pc)
   return paths
-
-
-def _fmt(x):
-  return "n/a" if x is None else f"{x:.3f}"
 
 
 def _json_default(o):
@@ -382,6 +348,8 @@ def _json_default(o):
     return int(o)
   if isinstance(o, (np.floating,)):
     return float(o)
+  if isinstance(o, (np.bool_,)):
+    return bool(o)
   if isinstance(o, np.ndarray):
     return o.tolist()
   raise TypeError(type(o))

@@ -5,11 +5,15 @@ page data is embedded as JSON and the drawing code (`viz_assets/viewer.js`,
 plain JS writing SVG) and styles (`viz_assets/viewer.css`) are inlined.
 
 - `write_circuit_page(circuit, out_path, metrics)`: one `circuit.json` (the
-  prune program's output, paper §2.2) drawn from embedding to unembedding, with
-  a node panel (token heatmaps, top snippets, ablation effect), an edge-weight
-  threshold, the loss-vs-k curve and training curves.
+  prune program's output, paper §2.2) drawn from the input tokens to the
+  candidate logits, weight edges solid and residual connections dashed,
+  nodes ringed by how many stability seeds kept them, with a node panel
+  (token heatmaps, top snippets, ablation effect), an edge-weight threshold,
+  the loss-vs-k curve, the sweep (nodes vs loss per setting), the stability
+  and nonsense-control results and training curves.
 - `write_run_index(workdir)`: checkpoints, eval table, training curves and
-  links to every circuit page.
+  every pruned task (nodes, weight edges, losses, stability, controls,
+  flags) or skipped one (why), with links to the circuit pages.
 - `run(config, workdir)`: pages, export files (graph.json, edges.csv,
   graph.dot) and the index for every `workdir/circuits/<task>/circuit.json`.
 """
@@ -78,6 +82,7 @@ def normalize(circuit: dict) -> dict:
     nodes.append(n)
   c["nodes"] = nodes
   c["edges"] = [dict(e) for e in c.get("edges") or []]
+  c["io_nodes"] = [dict(n) for n in c.get("io_nodes") or []]
   c["task"] = c.get("task") or {}
   return c
 
@@ -111,7 +116,7 @@ def graph_dict(circuit: dict) -> dict:
   """The graph alone: nodes (scalar fields only) and edges."""
   c = normalize(circuit)
   return {"nodes": [{k: n[k] for k in _NODE_EXPORT_KEYS if k in n}
-                    for n in c["nodes"]],
+                    for n in c["nodes"]] + c["io_nodes"],
           "edges": [{k: e[k] for k in ("source", "target", "weight", "kind")
                      if k in e} for e in c["edges"]]}
 
@@ -119,9 +124,10 @@ def graph_dict(circuit: dict) -> dict:
 def edges_csv(circuit: dict) -> str:
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(["source", "target", "weight"])
+  writer.writerow(["source", "target", "weight", "kind"])
   for e in circuit.get("edges") or []:
-    writer.writerow([e["source"], e["target"], repr(_num(e.get("weight")))])
+    writer.writerow([e["source"], e["target"], repr(_num(e.get("weight"))),
+                     e.get("kind", "weight")])
   return buf.getvalue()
 
 
@@ -148,6 +154,14 @@ def graph_dot(circuit: dict) -> str:
         lines.append(f'    {_dot_str(n["id"])} [label={label}, '
                      f'fillcolor="{fill}"];')
     lines.append("  }")
+  for kind, rank in (("embed", "source"), ("logit", "sink")):
+    io = [n for n in c["io_nodes"] if n.get("kind") == kind]
+    if io:
+      lines.append(f"  {{ rank={rank};")
+      for n in io:
+        lines.append(f'    {_dot_str(n["id"])} [label='
+                     f'{_dot_str(n.get("token", n["id"]))}, shape=note];')
+      lines.append("  }")
   for e in c["edges"]:
     w = _num(e.get("weight"))
     width = 0.5 + 3.5 * abs(w) / max_abs if math.isfinite(w) else 0.5
@@ -300,6 +314,51 @@ def _eval_table(path: pathlib.Path) -> str:
           + _table(["Task", "Loss", "Accuracy", "n"], rows))
 
 
+def _circuit_row(wd: pathlib.Path, path: pathlib.Path, c: dict) -> list[str]:
+  esc = html.escape
+  c, losses, counts = normalize(c), c.get("losses") or {}, c.get("counts") or {}
+  href = f"circuits/{path.parent.name}/index.html"
+  link = (f'<a href="{esc(href)}">open viewer</a>'
+          if (wd / href).is_file() else "no page yet")
+  weight = counts.get("edges") if "residual_edges" in counts else None
+  if weight is None:  # schema 1 counted residual connections as edges
+    weight = sum(e.get("kind") != "residual" for e in c["edges"])
+  resid = sum(e.get("kind") == "residual" for e in c["edges"])
+  st, ns = c.get("stability"), c.get("nonsense_control")
+  rc = c.get("random_init_control") or {}
+  seeds = (f'{"/".join(map(str, st["nodes"]))}, {_f(st["mean_jaccard"], 2)}'
+           if st else "—")
+  best = (ns or {}).get("best") or {}
+  nonsense = (f'{best.get("nodes")}{"" if best.get("reached_train") else " (not reached)"}'
+              f', {_f(best.get("test_loss"), 3)}' if ns else "—")
+  flags = c.get("flags") or []
+  return [esc(str(c["task"].get("name") or path.parent.name)),
+          str(len(c["nodes"])), str(weight), str(resid),
+          f'{_f(losses.get("circuit"))} / '
+          f'{_f(losses.get("circuit_uncalibrated"))}',
+          _f(losses.get("target", c["task"].get("target_loss"))),
+          _f(losses.get("full_model")), esc(seeds), esc(nonsense),
+          _f(rc.get("loss", losses.get("random_init_control"))),
+          ('<span class="warn">' + "<br>".join(esc(f) for f in flags) +
+           "</span>") if flags else "none", link]
+
+
+def _skipped(path: pathlib.Path) -> str:
+  """The tasks the last --mode=prune skipped, and why."""
+  if not path.is_file():
+    return ""
+  try:
+    summary = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError):
+    return ""
+  rows = [[html.escape(n), html.escape(str(t.get("reason", "")))]
+          for n, t in (summary.get("tasks") or {}).items()
+          if t.get("status") == "skipped"]
+  if not rows:
+    return ""
+  return ("<h3>Not pruned</h3>" + _table(["Task", "Why"], rows))
+
+
 def write_run_index(workdir: str | os.PathLike) -> str:
   """Writes workdir/index.html (checkpoints, eval table, curves, circuits)."""
   wd = pathlib.Path(workdir)
@@ -317,21 +376,17 @@ def write_run_index(workdir: str | os.PathLike) -> str:
       c = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
       rows.append([esc(path.parent.name), f"unreadable: {esc(str(err))}"]
-                  + [""] * 5)
+                  + [""] * 10)
       continue
-    c, losses = normalize(c), c.get("losses") or {}
-    href = f"circuits/{path.parent.name}/index.html"
-    link = (f'<a href="{esc(href)}">open viewer</a>'
-            if (wd / href).is_file() else "no page yet")
-    rows.append([esc(str(c["task"].get("name") or path.parent.name)),
-                 str(len(c["nodes"])), str(len(c["edges"])),
-                 _f(losses.get("circuit")),
-                 _f(losses.get("target", c["task"].get("target_loss"))),
-                 _f(losses.get("full_model")), link])
-  circuits = (_table(["Task", "Nodes", "Edges", "Circuit loss", "Target",
-                      "Full model", ""], rows)
+    rows.append(_circuit_row(wd, path, c))
+  circuits = (_table(["Task", "Nodes", "Edges (weights)", "Residual edges",
+                      "Circuit loss (calibrated / raw)", "Target",
+                      "Full model", "Seeds: nodes, Jaccard",
+                      "Nonsense control: nodes, test loss",
+                      "Random-init", "Flags", ""], rows)
               if rows else
               '<p class="muted">No circuits yet (--mode=prune).</p>')
+  circuits += _skipped(wd / "circuits" / "prune_summary.json")
 
   evals = _eval_table(wd / "eval_summary.json")
   chips = "".join(f'<span class="chip">{s}</span>' for s in steps)

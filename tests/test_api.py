@@ -47,7 +47,8 @@ def pruned_run(tmp_path_factory, tiny_data):
   c.tasks.names = ("single_double_quote",)
   c.prune.tasks = ("single_double_quote",)
   c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 10, 8, 1
-  c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
+  c.prune.sweep_size, c.prune.k_coef = 2, 1e-2
+  c.prune.stability_seeds, c.prune.nonsense_control = 1, False
   c.prune.random_control = False
   c.prune.target_loss = 1.0
   root = tmp_path_factory.mktemp("api")

@@ -189,3 +189,24 @@ def test_remat_saves_memory_and_recomputes_what_its_policy_says():
   assert loops_block - loops_topk == loops_none // cfg0.n_layer > 0
   with pytest.raises(ValueError, match="model.remat"):
     dataclasses.replace(CFG, remat="everything")
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_last_only_equals_the_last_position_of_the_full_forward(sink):
+  """last_only skips the last block's other positions (the prune program's
+  main saving); with node masks and means at every site it must give the
+  full forward's last logits."""
+  cfg = dataclasses.replace(CFG, sink=sink)
+  params = _trained_like(M.init_params(cfg, 0))
+  rng = np.random.default_rng(0)
+  width = {"attn.act_in": 32, "attn.q": 32, "attn.k": 32, "attn.v": 32,
+           "attn.resid_delta": 32, "mlp.act_in": 32, "mlp.post_act": 128,
+           "mlp.resid_delta": 32}
+  iv = {f"{i}.{s}": {"mask": jnp.asarray(rng.random(w) < 0.6, jnp.float32),
+                     "mean": jnp.asarray(rng.normal(size=w), jnp.float32)}
+        for i in range(cfg.n_layer) for s, w in width.items()}
+  full, _ = M.forward(params, _tokens(), cfg, interventions=iv)
+  last, _ = M.forward(params, _tokens(), cfg, interventions=iv,
+                      last_only=True)
+  assert last.shape == (2, 1, cfg.vocab_size)
+  np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)

@@ -1,16 +1,20 @@
 """Pruning: a hand-built model whose task is computed by three known nodes."""
 
 import dataclasses
+import json
 import types
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from sparse_circuits import circuit as circuit_lib
+from sparse_circuits import controls
 from sparse_circuits import model as M
 from sparse_circuits import prune as P
+from sparse_circuits import search as S
 
 A, B, T1, T2 = 1, 2, 5, 6  # decisive tokens, candidate tokens
 CFG = M.ModelConfig(n_layer=1, d_model=8, n_head=1, d_head=4, d_mlp=8,
@@ -62,45 +66,116 @@ def pretraining_batches(seed=1):
 
 def prune_config(**kw):
   pc = ml_collections.ConfigDict(dict(
-      target_loss=0.15, steps=200, batch_size=16, lr=3e-3, weight_decay=1e-3,
-      b2=0.95, clip=1.0, init_mean=0.1, init_std=0.01, calibrate=True,
-      sweep_k_coef=(1e-2,), sweep_lr=(3e-3,), sweep_temperature=(0.1,),
-      sweep_seeds=(0,), seed=0))
+      target_loss=0.15, steps=200, batch_size=16, weight_decay=1e-3,
+      b2=0.95, clip=1.0, init_std=0.01, calibrate=True, seed=0,
+      k_coef=1e-2, lr=3e-3, temperature=0.1, init_mean=0.1,
+      sweep_size=1, sweep_seed=0, sweep_k_coef=(1e-2,), sweep_lr=(3e-3,),
+      sweep_temperature=(0.1,), sweep_init_mean=(0.1,), stability_seeds=1,
+      nonsense_control=False, nonsense_ratio=0.5))
   pc.update(kw)
   return pc
 
 
-def test_hand_built_model_solves_its_task_and_needs_each_node():
-  params, sites = hand_built_params(), circuit_lib.node_sites(CFG)
-  data = task_data()
+def _pruner(params=None, **kw):
+  params = hand_built_params() if params is None else params
+  sites = circuit_lib.node_sites(CFG)
   means = P.compute_means(params, CFG, pretraining_batches(), sites)
-  ev = P.Evaluator(params, CFG, means, data, sites, calibrate=True)
-  everything = {s.name: np.ones(s.width, bool) for s in sites}
-  assert ev.loss(everything) < 0.15
-  for node in CIRCUIT:
+  return S.Pruner(params, CFG, means, sites, prune_config(**kw))
+
+
+def _flat(pruner, node_ids):
+  keep = {s.name: np.zeros(s.width, bool) for s in pruner.sites}
+  for node in node_ids:
     site, i = node.split(":")
-    minus = {k: v.copy() for k, v in everything.items()}
-    minus[site][int(i)] = False
-    assert ev.loss(minus) > 0.6, node
+    keep[site][int(i)] = True
+  return np.concatenate([keep[s.name] for s in pruner.sites])
 
 
-def test_pruning_recovers_exactly_the_known_circuit():
-  params, sites = hand_built_params(), circuit_lib.node_sites(CFG)
-  means = {k: jnp.asarray(v) for k, v in P.compute_means(
-      params, CFG, pretraining_batches(), sites).items()}
-  data = task_data()
-  task = types.SimpleNamespace(name="hand", train=data, test=task_data(8, 1))
-  res = P.prune_task(params, CFG, means, task, prune_config(), sites,
-                     progress=False)
+def _hand_task():
+  return types.SimpleNamespace(name="hand", description="", train=task_data(),
+                               test=task_data(8, 1))
+
+
+def test_hand_built_model_solves_its_task_and_needs_each_node():
+  pruner, data = _pruner(), task_data()
+  everything = np.ones(pruner.n_nodes, bool)
+  minus = []
+  for node in CIRCUIT:
+    m = everything.copy()
+    m[_flat(pruner, [node])] = False
+    minus.append(m)
+  sc = pruner.scores(np.stack([everything] + minus), data, data)
+  assert sc["train"][0] < 0.15 and sc["test_raw"][0] < 0.15
+  assert np.all(sc["train"][1:] > 0.6), sc["train"]
+
+
+def test_pruning_recovers_exactly_the_known_circuit_stably():
+  pruner = _pruner(stability_seeds=3, nonsense_control=True)
+  res = P.prune_task(pruner, _hand_task(), progress=False)
   kept = {circuit_lib.node_id(s, int(i)) for s, m in res["keep"].items()
           for i in np.nonzero(m)[0]}
   assert kept == CIRCUIT
   assert res["reached"] and res["losses"]["circuit"] <= 0.15
+  assert res["target_reached"] == {"train": True, "test_calibrated": True,
+                                   "test_uncalibrated": True}
+  assert res["calibration"]["scale"] > 0
   assert res["losses"]["circuit_ablated"] > 0.6
-  edges = circuit_lib.edges(params, CFG, res["keep"])
-  assert {(e["source"], e["target"]) for e in edges} == {
-      ("0.mlp.act_in:0", "0.mlp.post_act:0"),
-      ("0.mlp.post_act:0", "0.mlp.resid_delta:1")}
+  st = res["stability"]
+  assert st["nodes"] == [3, 3, 3] and st["mean_jaccard"] == 1.0
+  assert st["n_in_every_seed"] == 3 and len(set(st["seeds"])) == 3
+  assert set(st["in_every_seed"]) == CIRCUIT
+  # Three nodes cannot memorise labels drawn by a coin: the nonsense task
+  # stays far from the target and the real circuit is not flagged.
+  ns = res["nonsense_control"]
+  assert not ns["flag"] and min(ns["test_loss"]) > 0.5
+  assert min(ns["train_loss_at_circuit_size"]) > 0.5
+  edges = circuit_lib.edges(pruner.params, CFG, res["keep"],
+                            {"embed": [A, B], "logit": [T1, T2]})
+  got = {(e["source"], e["target"], e["kind"]) for e in edges}
+  assert got == {
+      ("0.mlp.act_in:0", "0.mlp.post_act:0", "weight"),
+      ("0.mlp.post_act:0", "0.mlp.resid_delta:1", "weight"),
+      (f"embed:{A}", "0.mlp.act_in:0", "embedding"),
+      (f"embed:{B}", "0.mlp.act_in:0", "embedding"),
+      ("0.mlp.resid_delta:1", f"logit:{T1}", "unembedding"),
+      ("0.mlp.resid_delta:1", f"logit:{T2}", "unembedding")}
+  assert circuit_lib.edge_counts(edges)["edges"] == 6
+  assert circuit_lib.io_tokens(_hand_task()) == {"embed": [A, B],
+                                                 "logit": [T1, T2]}
+
+
+def test_a_circuit_predicting_the_reversed_candidates_never_reaches_target():
+  """With the unembedding negated the model answers every prompt wrongly
+  and confidently. A calibration free to flip the sign (the old one) made
+  that a 'sufficient' circuit; a positive scale cannot."""
+  params = jax.tree.map(lambda x: x, hand_built_params())
+  params["lm_head"]["kernel"] = -params["lm_head"]["kernel"]
+  params["h_0"]["mlp"]["c_proj"]["bias"] = (
+      -params["h_0"]["mlp"]["c_proj"]["bias"])
+  pruner = _pruner(params, sweep_size=4, sweep_k_coef=(1e-3, 1e-1),
+                   sweep_lr=(3e-3, 3e-2))
+  full = pruner.scores(np.ones((1, pruner.n_nodes), bool), task_data(),
+                       task_data(8, 1))
+  assert full["test_raw"][0] > 1.0  # confidently wrong
+  assert full["train"][0] >= np.log(2) - 1e-3  # calibration cannot undo it
+  res = P.prune_task(pruner, _hand_task(), progress=False)
+  assert not res["reached"]
+  assert not any(res["target_reached"].values())
+  assert not any(s["reached_train"] or s["reached_test"]
+                 for s in res["sweep"])
+  assert res["losses"]["circuit"] > 0.5
+
+
+def test_calibration_is_fitted_on_train_and_keeps_the_sign():
+  rng = np.random.default_rng(0)
+  d = rng.normal(2.0, 1.0, (3, 64)).astype(np.float32)
+  d[1] = -d[1]  # reversed
+  sign = np.where(rng.random((3, 64)) < 0.5, 1.0, -1.0).astype(np.float32)
+  ab = np.asarray(S.fit_calibration(d, sign))
+  assert np.all(ab[:, 0] > 0)
+  cal = S.bce(d, ab, sign)
+  assert cal[0] < S.bce(d)[0]  # a sharper scale helps a right circuit
+  assert cal[1] >= np.log(2) - 0.02  # nothing helps a reversed one
 
 
 def test_straight_through_gradient_is_the_sigmoid_derivative():
@@ -154,20 +229,135 @@ def test_mean_ablating_everything_equals_direct_computation():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_vectorised_sweep_equals_separate_runs():
-  params, sites = hand_built_params(), circuit_lib.node_sites(CFG)
-  means = {k: jnp.asarray(v) for k, v in P.compute_means(
-      params, CFG, pretraining_batches(), sites).items()}
-  data = task_data()
-  pc = prune_config(steps=40, sweep_k_coef=(1e-3, 1e-2), sweep_lr=(1e-2, 3e-2),
-                    sweep_seeds=(0, 1))
-  settings = P.sweep_settings(pc)
-  assert len(settings) == 8
-  tau_all, _ = P.train_masks(params, CFG, means, pc, data, settings, sites,
-                             progress=False)
-  for i, s in enumerate(settings):
-    tau_one, _ = P.train_masks(params, CFG, means, pc, data, [s], sites,
-                               progress=False)
-    for name in tau_one:
-      np.testing.assert_allclose(tau_all[name][i], tau_one[name][0],
-                                 rtol=1e-5, atol=1e-6, err_msg=f"{s} {name}")
+def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():
+  pc = prune_config(sweep_size=17, sweep_k_coef=(1e-4, 1e-2),
+                    sweep_lr=(1e-3, 1e-1), sweep_temperature=(0.05,),
+                    sweep_init_mean=(0.03, 0.3))
+  settings = S.sweep_settings(pc)
+  assert settings == S.sweep_settings(pc) and len(settings) == 17
+  assert settings[0] == S.Setting(1e-2, 3e-3, 0.1, 0.1, 0)
+  assert len({s.seed for s in settings}) == 17
+  rest = settings[1:]
+  assert all(s.temperature == pytest.approx(0.05) for s in rest)
+  for f, (lo, hi) in (("k_coef", (1e-4, 1e-2)), ("lr", (1e-3, 1e-1))):
+    u = (np.log([getattr(s, f) for s in rest]) - np.log(lo)) / np.log(hi / lo)
+    assert sorted(np.floor(u * 16).astype(int)) == list(range(16)), f
+
+
+def test_vectorised_sweep_equals_separate_runs_and_survives_a_nan():
+  pruner, data = _pruner(steps=40), task_data()
+  settings = [S.Setting(1e-3, 1e-2, 0.1, 0.1, 0),
+              S.Setting(1e-2, 3e-2, 0.0, 0.1, 1),  # T = 0: NaN gradients
+              S.Setting(1e-2, 3e-2, 0.05, 0.2, 2)]
+  tau_all, last, bad = pruner.train(data, settings, progress=False)
+  assert list(bad) == [False, True, False]
+  assert np.all(np.isfinite(tau_all))
+  for i in (0, 2):
+    tau_one, _, bad_one = pruner.train(data, [settings[i]], progress=False)
+    assert not bad_one[0]
+    np.testing.assert_allclose(tau_all[i], tau_one[0], rtol=1e-5, atol=1e-6,
+                               err_msg=str(settings[i]))
+
+
+def test_batched_k_search_finds_the_smallest_passing_k():
+  pruner, data = _pruner(), task_data()
+  rng = np.random.default_rng(0)
+  tau = rng.uniform(-1, 1, (3, pruner.n_nodes))
+  circuit = _flat(pruner, CIRCUIT)
+  tau[:, circuit] = [[1.5], [-2.0], [0.95]]  # ranked first, last, first
+  tau[2, ~circuit] = -0.5  # and only they positive
+  sr = pruner.search(tau, data, 0.15)
+  for s in range(3):
+    k = sr["k"][s]
+    losses = pruner.scores(np.stack([S.keep_flat(sr["order"][s], j,
+                                                 pruner.n_nodes)
+                                     for j in (k - 1, k)]), data, None)
+    assert sr["reached"][s] and losses["train"][1] <= 0.15
+    assert losses["train"][0] > 0.15, (s, k)
+    np.testing.assert_allclose(sr["train_loss"][s], losses["train"][1],
+                               rtol=1e-5)
+  assert sr["k"][2] == 3 and sr["k_trained"][2] == 3
+  assert sr["k"][1] == pruner.n_nodes  # the circuit is ranked last
+
+
+def test_task_names_and_learned_selection(tmp_path):
+  assert P.task_names(("learned",)) == (None, True)
+  assert P.task_names(("a,b", "c")) == (["a", "b", "c"], False)
+  with pytest.raises(ValueError, match="learned"):
+    P.task_names(("learned", "a"))
+  hand = _hand_task()
+  reversed_ = types.SimpleNamespace(  # the model gets every pair wrong
+      name="reversed", description="", train=hand.train,
+      test=types.SimpleNamespace(**{**vars(hand.test),
+                                    "target": hand.test.alternative,
+                                    "alternative": hand.test.target}))
+  tasks = {"hand": hand, "reversed": reversed_}
+  pc = prune_config(min_accuracy=0.8)
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        7, learned=True)  # no eval_summary.json: evaluates
+  assert plan["hand"]["status"] == "pruned" and plan["hand"]["accuracy"] == 1
+  assert plan["reversed"]["status"] == "skipped"
+  assert "accuracy 0.000 < prune.min_accuracy 0.8" in plan["reversed"]["reason"]
+  (tmp_path / "eval_summary.json").write_text(json.dumps(
+      {"step": 7, "tasks": {"hand": {"accuracy": 0.5},
+                            "reversed": {"accuracy": 0.9}}}))
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        7, learned=True)
+  assert [plan[n]["status"] for n in tasks] == ["skipped", "pruned"]
+  plan = P.choose_tasks(tasks, pc, hand_built_params(), CFG, str(tmp_path),
+                        8, learned=True)  # another step: evaluated again
+  assert [plan[n]["status"] for n in tasks] == ["pruned", "skipped"]
+
+
+def test_nonsense_labels_keep_pairs_balanced_but_break_the_rule():
+  data = task_data(200)
+  target, alt = controls.nonsense_labels(data, 0)
+  assert np.all(target != alt)
+  assert np.all(target[0::2] == alt[1::2])  # one prompt per answer a pair
+  flipped = target[0::2] != data.target[0::2]
+  assert 0.4 < flipped.mean() < 0.6
+  np.testing.assert_array_equal(controls.nonsense_labels(data, 0)[0], target)
+  assert not np.array_equal(controls.nonsense_labels(data, 1)[0], target)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sweep_lr", (3e-2, 3e-3)), ("sweep_k_coef", (0.0, 1e-3)),
+    ("sweep_size", 0), ("stability_seeds", 0), ("min_accuracy", 1.5),
+    ("tasks", ())])
+def test_bad_prune_config_names_the_field(field, value):
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config("tiny")
+  config.prune[field] = value
+  with pytest.raises(ValueError, match=f"prune.{field}"):
+    config_lib.validate(config)
+
+
+def test_bounded_k_search_finds_the_same_smallest_circuit_for_less():
+  """exact=False stops a setting once it cannot beat the best circuit found:
+  the winner is the exact search's, the others keep a circuit that reaches
+  the target (an upper bound), and far fewer node sets are evaluated."""
+  pruner, data = _pruner(), task_data()
+  circuit = _flat(pruner, CIRCUIT)
+  others = np.nonzero(~circuit)[0]
+  tau = np.full((6, pruner.n_nodes), -0.5)
+  for s, m in enumerate((9, 0, 20, 14, 30, 5)):  # the circuit behind m nodes
+    tau[s, others[:m]] = 1.0
+    tau[s, circuit] = 0.9
+    tau[s, others[m:m + 20]] = 0.5  # and in front of 20 more
+  runs = {}
+  for exact in (True, False):
+    calls = []
+    diffs = pruner.diffs
+    pruner.diffs = lambda keep, *a, **k: calls.append(len(keep)) or diffs(
+        keep, *a, **k)
+    runs[exact] = pruner.search(tau, data, 0.15, exact=exact)
+    pruner.diffs = diffs
+    runs[exact]["evaluated"] = sum(calls)
+  full, bounded = runs[True], runs[False]
+  lead = int(np.argmin(bounded["k"]))
+  assert bounded["k"][lead] == full["k"].min() == 3 and bounded["exact"][lead]
+  assert np.all(bounded["reached"]) and np.all(bounded["k"] >= full["k"])
+  assert np.all(bounded["train_loss"] <= 0.15)
+  np.testing.assert_array_equal(full["k"], [12, 3, 23, 17, 33, 8])
+  assert bounded["evaluated"] < 0.75 * full["evaluated"], (
+      bounded["evaluated"], full["evaluated"])

@@ -47,15 +47,16 @@ def _pairs(edges):
 
 def test_edges_csv_has_one_row_per_edge(circuit):
   rows = list(csv.reader(io.StringIO(viz.edges_csv(circuit))))
-  assert rows[0] == ["source", "target", "weight"]
-  assert [(s, t, float(w)) for s, t, w in rows[1:]] == [
-      (e["source"], e["target"], e["weight"]) for e in circuit["edges"]]
+  assert rows[0] == ["source", "target", "weight", "kind"]
+  assert [(s, t, float(w), k) for s, t, w, k in rows[1:]] == [
+      (e["source"], e["target"], e["weight"], e["kind"])
+      for e in circuit["edges"]]
 
 
 def test_dot_names_every_node_and_edge(circuit):
   dot = viz.graph_dot(circuit)
   assert dot.startswith("digraph ") and dot.count("{") == dot.count("}")
-  for n in circuit["nodes"]:
+  for n in circuit["nodes"] + circuit["io_nodes"]:
     assert f'"{n["id"]}" [' in dot
   for e in circuit["edges"]:
     edge = f'"{e["source"]}" -> "{e["target"]}"'
@@ -66,7 +67,8 @@ def test_dot_names_every_node_and_edge(circuit):
 def test_graph_json_is_nodes_and_edges_only(circuit):
   g = viz.graph_dict(circuit)
   assert set(g) == {"nodes", "edges"}
-  assert [n["id"] for n in g["nodes"]] == [n["id"] for n in circuit["nodes"]]
+  assert [n["id"] for n in g["nodes"]] == [
+      n["id"] for n in circuit["nodes"] + circuit["io_nodes"]]
   keys = ("source", "target", "weight", "kind")
   assert g["edges"] == [{k: e[k] for k in keys} for e in circuit["edges"]]
   assert all("top_snippets" not in n for n in g["nodes"])
@@ -102,11 +104,16 @@ def _make_workdir(root, circuit):
     (wd / "checkpoints" / str(step)).mkdir(parents=True)
   (wd / "checkpoints" / "600.orbax-checkpoint-tmp-1").mkdir()
   shutil.copy(FIXTURES / "metrics_small.jsonl", wd / "metrics.jsonl")
+  (wd / "circuits").mkdir(parents=True)
+  (wd / "circuits" / "prune_summary.json").write_text(json.dumps({"tasks": {
+      "single_double_quote": {"status": "pruned"},
+      "bracket_counting": {"status": "skipped", "reason": "accuracy 0.500 "
+                           "< prune.min_accuracy 0.8"}}}))
   (wd / "eval_summary.json").write_text(json.dumps({
       "lm_loss": 2.31, "tasks": {"single_double_quote": {
           "loss": 0.05, "accuracy": 0.98, "n": 128}}}))
   cdir = wd / "circuits" / "single_double_quote"
-  cdir.mkdir(parents=True)
+  cdir.mkdir()
   (cdir / "circuit.json").write_text(json.dumps(circuit))
   return wd
 
@@ -130,6 +137,10 @@ def test_run_writes_pages_exports_and_index(tmp_path, circuit, caplog):
   assert '<span class="chip">600</span>' in index
   assert "orbax-checkpoint-tmp" not in index
   assert "0.980" in index and "2.3100" in index
+  # weight and residual edges apart; stability, controls; skipped tasks
+  assert "<td>13</td><td>2</td>" in index
+  assert "12/10/14, 0.56" in index and "398 (not reached), 0.770" in index
+  assert "bracket_counting" in index and "prune.min_accuracy 0.8" in index
   assert "../../index.html" in (cdir / "index.html").read_text()
 
 
@@ -198,12 +209,45 @@ def test_browser_draws_every_node_and_edge(page, circuit):
   assert sorted(ids) == sorted(n["id"] for n in circuit["nodes"])
   visible = page.execute_script(_VISIBLE_EDGES)
   assert collections.Counter(map(tuple, visible)) == _pairs(circuit["edges"])
-  assert page.find_element("id", "edge-count").text == "10 / 10"
+  n_edges = len(circuit["edges"])
+  assert page.find_element("id", "edge-count").text == f"{n_edges} / {n_edges}"
+  assert page.find_element("id", "weight-edge-count").text == "13 / 13"
+  assert page.find_element("id", "residual-edge-count").text == "2 / 2"
   assert page.find_element("id", "node-count").text == "12 / 12"
+  card = page.find_element("id", "card-edges").text
+  assert "13" in card and "weights" in card
+  assert "2" in page.find_element("id", "card-residual").text
+  io_ids = page.execute_script("return [...document.querySelectorAll("
+                               "'.io-node')].map(n => n.dataset.nodeId)")
+  assert sorted(io_ids) == sorted(n["id"] for n in circuit["io_nodes"])
   assert page.find_element("id", "task-name").text == "single_double_quote"
   series = lambda chart: page.find_elements("css selector", f"{chart} .series")
   assert len(series("#chart-loss-vs-k")) == 1
   assert len(series("#chart-loss")) == 2  # loss and eval_loss
+
+
+def test_browser_shows_sweep_stability_and_controls(page, circuit):
+  sweep = circuit["sweep"]
+  points = page.find_elements("css selector", "#chart-sweep .marker.point")
+  live = [r for r in sweep if not r["diverged"]]
+  assert len(points) == len(live) + 1  # and a ring on the selected one
+  rows = page.find_elements("css selector", "#sweep-table tbody tr")
+  assert len(rows) == len(sweep)
+  assert "1 diverged" in page.find_element(
+      "css selector", "#sweep-table summary").text
+  st = page.find_element("id", "stability").text
+  assert "12, 10, 14 nodes" in st and "0.56" in st
+  assert "no seed reaches the target (circuits of 512, 398, 611 nodes)" in (
+      page.find_element("id", "nonsense").text)
+  rings = page.execute_script(
+      "return ['all', 'some', 'one'].map(k => document.querySelectorAll("
+      "'.node.seeds-' + k + ' .seed-ring').length)")
+  assert rings == [8, 2, 2]
+  cal = page.find_element("id", "card-circuit").text
+  assert "1.310" in cal and "fitted on train" in cal
+  assert "0.171" in page.find_element("id", "card-uncalibrated").text
+  assert "no uncalibrated" in page.find_element("id", "card-target").text
+  assert not page.find_elements("id", "flags")
 
 
 def test_browser_node_panel_and_screenshot(page, circuit, tmp_path):

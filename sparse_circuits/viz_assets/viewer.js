@@ -265,11 +265,12 @@
     const legend = h("div", { class: "legend" });
     for (const sr of series) {
       const d = sr.pts.map((p, i) => (i ? "L" : "M") + X(p[0]).toFixed(1) + " " + Y(p[1]).toFixed(1)).join("");
-      s("path", { d: d, class: "series", stroke: sr.color, "stroke-dasharray": sr.dash || null }, svg);
-      if (sr.marker || sr.pts.length <= 30) {
+      if (!sr.noline) s("path", { d: d, class: "series", stroke: sr.color, "stroke-dasharray": sr.dash || null }, svg);
+      if (sr.marker || sr.noline || sr.pts.length <= 30) {
         for (const p of sr.pts) {
-          const c = s("circle", { cx: X(p[0]), cy: Y(p[1]), r: 3, fill: sr.color, class: "marker" }, svg);
-          s("title", {}, c).textContent = `${sr.name}: ${fmtTick(p[0])} → ${fmt(p[1], 4)}`;
+          const c = s("circle", { cx: X(p[0]), cy: Y(p[1]), r: sr.r || 3, fill: sr.fill || sr.color,
+            class: "marker" + (sr.noline ? " point" : "") + (sr.fill === "none" ? " ring" : "") }, svg);
+          s("title", {}, c).textContent = p[2] || `${sr.name}: ${fmtTick(p[0])} → ${fmt(p[1], 4)}`;
         }
       }
       legend.append(h("span", { class: "key" }, h("i", { style: `background:${sr.color}` }), sr.name));
@@ -324,17 +325,30 @@
       task.description ? h("p", { class: "desc" }, task.description) : null,
       h("p", { class: "muted" }, meta)));
 
+    const flags = c.flags || [];
+    if (flags.length) {
+      app.append(h("div", { class: "card flags", id: "flags" }, h("h2", {}, "Flagged"),
+        h("ul", {}, flags.map((f) => h("li", {}, f)))));
+    }
     const cards = h("div", { class: "cards", id: "losses" });
-    const card = (label, value, cls, note) => cards.append(h("div", { class: "stat " + (cls || "") },
+    const card = (label, value, cls, note, id) => cards.append(h("div", { class: "stat " + (cls || ""), id: id || null },
       h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, value), note ? h("div", { class: "stat-note" }, note) : null));
-    card("Full model", fmt(losses.full_model), "", "task loss");
-    card("Circuit", fmt(losses.circuit), isNum(losses.circuit) && isNum(target) ? (losses.circuit <= target ? "good" : "bad") : "", "rest mean-ablated");
+    const vs = (x) => (isNum(x) && isNum(target) ? (x <= target ? "good" : "bad") : "");
+    const cal = c.calibration || null, reached = c.reached || {};
+    card("Full model", fmt(losses.full_model), "", "task loss, test pairs");
+    card("Circuit", fmt(losses.circuit), vs(losses.circuit),
+      cal ? `rest mean-ablated; calibrated (scale ${fmt(cal.scale)}, shift ${fmt(cal.shift)}, fitted on train)` : "rest mean-ablated", "card-circuit");
+    if (isNum(losses.circuit_uncalibrated)) card("Circuit, uncalibrated", fmt(losses.circuit_uncalibrated), vs(losses.circuit_uncalibrated), "raw logits, test pairs", "card-uncalibrated");
     card("Circuit ablated", fmt(losses.circuit_ablated), "", "circuit mean-ablated");
     card("Random-init control", fmt(losses.random_init_control), "", "same shape, untrained");
-    card("Target", fmt(target), "target", "sufficiency threshold");
+    card("Target", fmt(target), "target", "reached" in reached || "test_calibrated" in reached ?
+      `reached: ${reached.test_calibrated ? "yes" : "no"} calibrated, ${reached.test_uncalibrated ? "yes" : "no"} uncalibrated` : "sufficiency threshold", "card-target");
     const total = counts.total_nodes;
     card("Nodes", intFmt(nodes.length), "", isNum(total) ? `of ${intFmt(total)} (${(100 * nodes.length / total).toPrecision(2)}%)` : null);
-    card("Edges", intFmt(edges.length), "", null);
+    const nWeight = isNum(counts.edges) && isNum(counts.residual_edges) ? counts.edges : edges.filter((e) => e.kind !== "residual").length;
+    const nResid = isNum(counts.residual_edges) ? counts.residual_edges : edges.filter((e) => e.kind === "residual").length;
+    card("Edges", intFmt(nWeight), "", "nonzero weights between kept nodes (with embedding and unembedding)", "card-edges");
+    card("Residual edges", intFmt(nResid), "", "write → later read of a channel: not weights", "card-residual");
     app.append(cards);
 
     // Controls.
@@ -343,17 +357,19 @@
       step: (maxAbs || 1) / 200, value: 0, "aria-label": "edge weight threshold" });
     const thrVal = h("output", { id: "threshold-value" }, "0");
     const nodeCount = h("span", { id: "node-count" }), edgeCount = h("span", { id: "edge-count" });
+    const weightCount = h("span", { id: "weight-edge-count" }), residCount = h("span", { id: "residual-edge-count" });
     const ex = DATA.exports || {};
     const fileBase = name.replace(/[^\w.-]+/g, "_");
     const exportBtn = (id, label, file, text, mime) => h("button", { id: id, type: "button",
       onclick: () => download(file, text || "", mime) }, label);
     app.append(h("div", { class: "controls card" },
       h("label", { for: "edge-threshold" }, "|weight| ≥ "), slider, thrVal,
-      h("span", { class: "counts" }, "nodes ", nodeCount, " · edges ", edgeCount),
+      h("span", { class: "counts" }, "nodes ", nodeCount, " · edges ", edgeCount,
+        " (weights ", weightCount, ", residual ", residCount, ")"),
       h("span", { class: "legend inline" },
-        h("span", { class: "key" }, h("i", { class: "pos" }), "positive"),
-        h("span", { class: "key" }, h("i", { class: "neg" }), "negative"),
-        h("span", { class: "key" }, h("i", { class: "res" }), "residual")),
+        h("span", { class: "key" }, h("i", { class: "pos" }), "positive weight"),
+        h("span", { class: "key" }, h("i", { class: "neg" }), "negative weight"),
+        h("span", { class: "key" }, h("i", { class: "res" }), "residual connection (not a weight)")),
       h("span", { class: "exports" }, "export ",
         exportBtn("export-json", "JSON", fileBase + "_graph.json", ex.json, "application/json"),
         exportBtn("export-csv", "CSV", fileBase + "_edges.csv", ex.csv, "text/csv"),
@@ -361,6 +377,14 @@
 
     // Graph and panel.
     const lay = layoutCircuit(c);
+    const ioNodes = c.io_nodes || [];
+    for (const kind of ["embed", "logit"]) { // token nodes in the bands
+      const row = ioNodes.filter((n) => n.kind === kind);
+      const step = Math.min(110, (lay.W - lay.LABEL_W - 40) / Math.max(row.length, 1));
+      row.forEach((n, i) => lay.pos.set(n.id, {
+        x: lay.cx + (i - (row.length - 1) / 2) * step,
+        y: kind === "embed" ? lay.H - lay.BAND / 2 : lay.BAND / 2, io: true }));
+    }
     const graphCard = h("div", { class: "card graph-card" });
     const panel = h("aside", { id: "node-panel", class: "card panel" });
     app.append(h("div", { class: "main" }, graphCard, panel));
@@ -370,9 +394,9 @@
     graphCard.append(svg);
     const bg = s("g", { class: "bg" }, svg);
     s("rect", { x: 0, y: 0, width: lay.W, height: lay.BAND, class: "band io" }, bg);
-    stext(bg, lay.cx, lay.BAND / 2 + 5, "unembedding (logits)", { class: "band-label", "text-anchor": "middle" });
+    stext(bg, 12, lay.BAND / 2 + 5, "unembedding (logits)", { class: "band-label" });
     s("rect", { x: 0, y: lay.H - lay.BAND, width: lay.W, height: lay.BAND, class: "band io" }, bg);
-    stext(bg, lay.cx, lay.H - lay.BAND / 2 + 5, "embedding (tokens + positions)", { class: "band-label", "text-anchor": "middle" });
+    stext(bg, 12, lay.H - lay.BAND / 2 + 5, "embedding (tokens + positions)", { class: "band-label" });
     for (const L of lay.layers) {
       s("rect", { x: 0, y: L.top, width: lay.W, height: L.bottom - L.top, class: "band layer" + (L.layer % 2 ? " odd" : ""), rx: 6 }, bg);
       stext(bg, 16, (L.top + L.bottom) / 2, `layer ${L.layer}`, { class: "layer-label", transform: `rotate(-90 16 ${(L.top + L.bottom) / 2})`, "text-anchor": "middle", dy: 10 });
@@ -393,7 +417,7 @@
     });
 
     const gEdges = s("g", { class: "edges" }, svg), gNodes = s("g", { class: "nodes" }, svg);
-    const edgeEls = [], adj = new Map(nodes.map((n) => [n.id, []]));
+    const edgeEls = [], adj = new Map(nodes.concat(ioNodes).map((n) => [n.id, []]));
     let missing = 0;
     for (const e of edges) {
       const a = lay.pos.get(e.source), b = lay.pos.get(e.target);
@@ -402,7 +426,7 @@
       const d = Math.abs(a.y - b.y) < 1
         ? `M${a.x} ${a.y} Q${(a.x + b.x) / 2} ${a.y - 46} ${b.x} ${b.y}`
         : `M${a.x} ${a.y} C${a.x} ${(a.y + b.y) / 2} ${b.x} ${(a.y + b.y) / 2} ${b.x} ${b.y}`;
-      const el = s("path", { d: d, class: `edge ${w >= 0 ? "pos" : "neg"}${e.kind === "residual" ? " residual" : ""}`,
+      const el = s("path", { d: d, class: `edge ${w >= 0 ? "pos" : "neg"}${e.kind === "residual" ? " residual" : ""}`, "data-kind": e.kind || "weight",
         "data-source": e.source, "data-target": e.target, "data-weight": w,
         "stroke-width": (1.2 + 5 * Math.abs(w) / (maxAbs || 1)).toFixed(2) }, gEdges);
       s("title", {}, el).textContent = `${e.source} → ${e.target}\nweight ${fmt(w, 4)}${e.kind ? " (" + e.kind + ")" : ""}`;
@@ -427,6 +451,25 @@
       g.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { pinned = n.id; focus(n.id); } });
       nodeEls.set(n.id, g);
     }
+    for (const n of ioNodes) {
+      const p = lay.pos.get(n.id);
+      const g = s("g", { class: `io-node io-${n.kind}`, "data-node-id": n.id, transform: `translate(${p.x} ${p.y})` }, gNodes);
+      const label = showTok(n.token ?? n.token_id);
+      s("rect", { x: -Math.max(18, 4 * label.length + 8), y: -11, width: 2 * Math.max(18, 4 * label.length + 8), height: 22, rx: 6 }, g);
+      stext(g, 0, 4, label, { class: "io-label", "text-anchor": "middle" });
+      s("title", {}, g).textContent = `${n.kind === "embed" ? "input token" : "logit of"} ${JSON.stringify(n.token)} (id ${n.token_id})`;
+    }
+    const nSeeds = ((c.stability || {}).nodes || []).length;
+    if (nSeeds > 1) { // ring: how many stability seeds kept the node
+      for (const n of nodes) {
+        const g = nodeEls.get(n.id);
+        if (!g || !isNum(n.seeds_kept)) continue;
+        g.classList.add("seeds-" + (n.seeds_kept >= nSeeds ? "all" : n.seeds_kept <= 1 ? "one" : "some"));
+        g.setAttribute("data-seeds-kept", n.seeds_kept);
+        const ring = s("circle", { r: 15, class: "seed-ring" }, null);
+        g.insertBefore(ring, g.firstChild);
+      }
+    }
     svg.addEventListener("click", () => { pinned = null; focus(null); });
 
     function focus(id) {
@@ -444,11 +487,14 @@
       const t = parseFloat(slider.value) || 0;
       thrVal.textContent = fmt(t);
       const live = new Set();
-      let shown = 0;
+      let shown = 0, wShown = 0, rShown = 0;
       for (const x of edgeEls) {
         const vis = Math.abs(x.w) >= t;
         x.el.style.display = vis ? "" : "none";
-        if (vis) { shown++; live.add(x.e.source); live.add(x.e.target); }
+        if (vis) {
+          shown++; live.add(x.e.source); live.add(x.e.target);
+          if (x.e.kind === "residual") rShown++; else wShown++;
+        }
       }
       let nShown = 0;
       for (const [nid, g] of nodeEls) {
@@ -458,6 +504,9 @@
       }
       nodeCount.textContent = `${nShown} / ${nodes.length}`;
       edgeCount.textContent = `${shown} / ${edgeEls.length}`;
+      const nR = edgeEls.filter((x) => x.e.kind === "residual").length;
+      weightCount.textContent = `${wShown} / ${edgeEls.length - nR}`;
+      residCount.textContent = `${rShown} / ${nR}`;
     }
     slider.addEventListener("input", applyThreshold);
     applyThreshold();
@@ -468,13 +517,16 @@
         panel.append(h("div", { class: "panel-empty" },
           h("p", {}, "Hover or click a node to see its activations."),
           h("p", { class: "muted" }, "Rows run from the embedding (bottom) to the unembedding (top). " +
-            "Edges: blue positive, red negative, width |weight|; dashed edges carry a residual channel " +
-            "from a write to a later read.")));
+            "Edges: blue positive, red negative, width |weight|; solid edges are weights (counted), " +
+            "dashed ones carry a residual channel from a write to a later read (a connection, not a weight). " +
+            "Token boxes: input tokens that tell a pair apart (bottom), candidate logits (top)." +
+            (nSeeds > 1 ? ` Rings: green = every one of ${nSeeds} seeds kept the node, amber = some, grey = this seed only.` : ""))));
         return;
       }
       const fields = [["site", n.site], ["index", n.index], ["layer", n.layer], ["kind", KIND_NAME[n.kind] || n.kind]];
       if (n.head !== null && n.head !== undefined) fields.push(["head", n.head]);
       fields.push(["mean", fmt(n.mean, 4)], ["tau", fmt(n.tau, 4)]);
+      if (isNum(n.seeds_kept) && nSeeds > 1) fields.push(["kept by", `${n.seeds_kept} of ${nSeeds} seeds`]);
       const ad = n.ablation_delta;
       panel.append(
         h("div", { class: "panel-head" }, h("span", { class: `swatch kind-${n.kind}` }, LETTER[n.kind] || ""),
@@ -537,6 +589,64 @@
       vlines: [{ x: nodes.length, label: `k = ${nodes.length}`, color: "#16a34a" }],
     });
     if ((DATA.metrics || []).length) trainingCharts(plots, DATA.metrics);
+    renderSearch(app, c, target);
+  }
+
+  // The sweep, stability across seeds and the nonsense control.
+  function renderSearch(app, c, target) {
+    const sweep = c.sweep || [], st = c.stability, ns = c.nonsense_control;
+    if (!sweep.length && !st && !ns) return;
+    const sec = h("section", { class: "card", id: "search" }, h("h2", {}, "Search and controls"));
+    app.append(sec);
+    const plots = h("div", { class: "plots" });
+    sec.append(plots);
+    if (sweep.length) {
+      const pt = (r, i) => [r.nodes, r.test_loss, `setting ${i}: ${r.nodes} nodes, test loss ${fmt(r.test_loss, 4)} ` +
+        `(train ${fmt(r.train_loss, 4)}); k_coef ${fmt(r.setting.k_coef)}, lr ${fmt(r.setting.lr)}, ` +
+        `T ${fmt(r.setting.temperature)}, init ${fmt(r.setting.init_mean)}, seed ${r.setting.seed}`];
+      const live = (i) => !sweep[i].diverged;
+      const ok = sweep.map(pt).filter((p, i) => live(i) && sweep[i].reached_test && sweep[i].exact !== false);
+      const bound = sweep.map(pt).filter((p, i) => live(i) && sweep[i].reached_test && sweep[i].exact === false);
+      const miss = sweep.map(pt).filter((p, i) => live(i) && !sweep[i].reached_test);
+      const sel = isNum(c.selected_index) && sweep[c.selected_index] ? [pt(sweep[c.selected_index], c.selected_index)] : [];
+      const nodesX = sweep.map((r) => r.nodes).filter((x) => isNum(x) && x > 0);
+      lineChart(plots, {
+        id: "chart-sweep", title: `Sweep: ${sweep.length} settings, nodes vs test loss`, xlabel: "nodes in the circuit",
+        logx: nodesX.length > 1 && Math.max(...nodesX) / Math.min(...nodesX) > 20,
+        series: [{ name: "reached target (smallest k)", color: "#16a34a", pts: ok, noline: true },
+          { name: "reached (k an upper bound: stopped once beaten)", color: "#86efac", pts: bound, noline: true },
+          { name: "missed target", color: "#94a3b8", pts: miss, noline: true },
+          { name: "selected", color: "#111827", fill: "none", r: 7, pts: sel, noline: true }],
+        hlines: [{ y: target, label: "target", color: "#dc2626" }],
+      });
+      const div = sweep.filter((r) => r.diverged).length;
+      const rows = sweep.map((r, i) => h("tr", { class: i === c.selected_index ? "selected" : "" },
+        [i, fmt(r.setting.k_coef), fmt(r.setting.lr), fmt(r.setting.temperature), fmt(r.setting.init_mean), r.setting.seed,
+          r.diverged ? "diverged" : fmt(r.final_task_loss, 4), intFmt(r.final_nodes),
+          (r.exact === false ? "≤ " : "") + intFmt(r.nodes), fmt(r.train_loss, 4), fmt(r.test_loss, 4),
+          r.reached_test ? "yes" : r.reached_train ? "train only" : "no"].map((v) => h("td", {}, String(v)))));
+      sec.append(h("details", { id: "sweep-table" }, h("summary", {}, `Every setting (${div} diverged)`),
+        h("table", { class: "data" }, h("thead", {}, h("tr", {}, ["#", "k_coef", "lr", "T", "init", "seed", "final loss",
+          "trained nodes", "circuit nodes", "train loss", "test loss", "reached"].map((x) => h("th", {}, x)))), h("tbody", {}, rows))));
+    }
+    if (st) {
+      const jac = st.jaccard || [];
+      sec.append(h("div", { class: "control", id: "stability" }, h("h3", {}, "Stability across seeds"),
+        h("p", {}, `Seeds ${(st.seeds || []).join(", ")} of the selected setting keep ${(st.nodes || []).join(", ")} nodes; ` +
+          `mean Jaccard overlap ${fmt(st.mean_jaccard, 2)}; ${st.n_in_every_seed} nodes in every seed, ${st.n_in_any_seed} in any.`),
+        h("table", { class: "data jaccard" }, h("tbody", {}, jac.map((row) => h("tr", {}, row.map((v) => h("td", {}, fmt(v, 2)))))))));
+    }
+    if (ns) {
+      const b = ns.best || {};
+      sec.append(h("div", { class: "control" + (ns.flag ? " flagged" : ""), id: "nonsense" }, h("h3", {}, "Nonsense-task control"),
+        h("p", {}, `The same prompts, answers drawn by a coin per pair, pruned the same way (seeds ${(ns.seeds || []).join(", ")}): ` +
+          (b.reached_train ? `the smallest circuit reaching the target on its train pairs keeps ${intFmt(b.nodes)} nodes`
+            : `no seed reaches the target (circuits of ${(ns.nodes || []).join(", ")} nodes)`) +
+          `; train loss ${fmt(b.train_loss, 4)}, test loss ${fmt(b.test_loss, 4)}, against the real circuit's ` +
+          `${intFmt((c.nodes || []).length)} nodes and test loss ${fmt((c.losses || {}).circuit, 4)}. At the real circuit's size the ` +
+          `nonsense train loss is ${(ns.train_loss_at_circuit_size || []).map((x) => fmt(x, 3)).join(", ")}.`),
+        h("p", { class: ns.flag ? "warn" : "muted" }, (ns.flag ? "Flag: " : "") + (ns.reason || ""))));
+    }
   }
 
   function renderIndexPage() {
