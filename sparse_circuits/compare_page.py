@@ -82,9 +82,8 @@ def task_bars_figure(summary):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   tasks = [t for t, s in summary["tasks"].items()
            if s["status"] in ("compared", "dropped")]
-  models = [(n, m) for f in COLORS for _, n, m in sorted(
-      (m["lm_loss"], n, m) for n, m in summary["models"].items()
-      if m["family"] == f)]
+  models = sorted(summary["models"].items(),
+                  key=lambda kv: (kv[1]["family"], kv[1]["lm_loss"]))
   fig = Figure(figsize=(max(6.0, 0.9 * len(tasks) * len(models) / 3), 4.0))
   ax = fig.add_subplot()
   width = 0.8 / max(len(models), 1)

@@ -125,6 +125,41 @@ def test_task_selection_and_target_rules():
   assert chosen == ["a"] and "max_tasks" in status["c"]["reason"]
 
 
+def test_summary_drops_a_task_whose_target_is_missed():
+  config = compare_config("default")
+  specs = config.compare.models
+  ms = [compare.Model(n, specs[n].family,
+                      compare.model_config(config, specs[n]), "")
+        for n in ("dense_64", "dense_128", "sparse_128_keep4")]
+  losses = {"dense_64": 3.0, "dense_128": 2.0, "sparse_128_keep4": 2.5}
+  edges = {"dense_64": [10, 10, 10], "dense_128": [1000, 1000, 1000],
+           "sparse_128_keep4": [10, 10, 5]}
+  tasks = ["a", "b", "c"]
+  evals = {n: {"lm_loss": losses[n], "tasks": {
+      t: {"accuracy": 0.9, "loss": 0.2} for t in tasks}} for n in losses}
+  circuits = {n: {t: {"schema_version": 2, "target_reached": not (
+      n == "dense_64" and t == "c"), "counts": {"edges": edges[n][i],
+                                                "nodes": 2 * edges[n][i]},
+                       "losses": {"circuit": 0.2, "full_model": 0.2}}
+                  for i, t in enumerate(tasks)} for n in losses}
+  status = {t: {"status": "compared"} for t in tasks}
+  l0s = {n: {"l0": 1, "matrix_entries": 2} for n in losses}
+  s = compare.summarize(ms, evals, l0s, circuits, status,
+                        {t: 0.2 for t in tasks}, config.compare)
+  assert s["compared_tasks"] == ["a", "b"]
+  assert s["tasks"]["c"]["status"] == "dropped"
+  assert "dense_64" in s["tasks"]["c"]["reason"]
+  sp = s["models"]["sparse_128_keep4"]
+  assert sp["geomean_edges"] == pytest.approx(10)  # c (5 edges) left out
+  assert sp["geomean_nodes"] == pytest.approx(20)
+  (m,) = s["matched"]
+  assert m["dense_edges_at_loss"] == pytest.approx(100)  # sqrt(10 * 1000)
+  assert m["ratio"] == pytest.approx(10) and not m["extrapolated"]
+  np.testing.assert_allclose(m["ratio_ci"], [10, 10])  # same on every task
+  assert s["headline"]["ratio"] == pytest.approx(10)
+  assert "10.00x" in compare.format_table(s)
+
+
 def test_config_errors_name_the_field():
   c = compare_config("smoke")
   del c.compare.models["dense_16"]
