@@ -12,8 +12,8 @@ README's figures (training 6 min per sparse model, 4.4 min dense 128 (its
 step is 282/382 of the sparse one), about 2 min dense 64; eval about 1 min
 each; pruning 1-1.5 min per circuit without the random-init control, 8
 tasks x 4 models). `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
-widths, every task counted as learned: it checks the plumbing in CI, its
-numbers mean nothing. `gpu`: the same experiment at accelerator size (4
+widths, weight sparsity without activation top-k, every task counted as
+learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`: the same experiment at accelerator size (4
 layers, context 256, d_model up to 1024, 20k steps of 128 x 256 tokens).
 Other widths or L0 levels: `--config.compare.models.NAME.d_model=...`.
 """
@@ -23,8 +23,10 @@ import ml_collections
 from sparse_circuits import config_lib
 
 
-def _model(family, d_model, pfrac=None, expansion_factor=None):
-  spec = {"family": family, "d_model": d_model}
+def _model(family, d_model, pfrac=None, expansion_factor=None, **extra):
+  """A model of the family; extra: `afrac` (sparse only; default the base
+  config's 0.25)."""
+  spec = {"family": family, "d_model": d_model, **extra}
   if family == "sparse":
     spec.update(pfrac=pfrac, expansion_factor=expansion_factor)
   return spec
@@ -44,6 +46,7 @@ def get_config(arg: str = "default"):
   cc.min_accuracy = 0.8      # a task is compared when every model learns it
   cc.max_tasks = 8           # the first 8 of them (0 = all)
   cc.target_rule = "relative"  # or "absolute" (prune.target_loss only)
+  cc.target_factor = 1.25    # relative: x the worst model's full task loss
   cc.bootstrap = 1000        # resamples of the tasks for the intervals
   cc.seed = 0
   cc.models = {
@@ -62,14 +65,16 @@ def get_config(arg: str = "default"):
     c.train.eval_batches = 1
     c.tasks.names = ("single_double_quote", "bracket_counting")
     c.tasks.n_train, c.tasks.n_test = 16, 8
-    c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 2, 8, 1
-    c.prune.calibrate = False  # its LBFGS program costs seconds to compile
+    # Compile time is all a smoke run spends: one mask step, no
+    # calibration (an LBFGS program) and no activation top-k.
+    c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 1, 8, 1
+    c.prune.calibrate = False
     c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
     cc.min_accuracy = 0.0
     cc.bootstrap = 200
     cc.models = {
-        "sparse_32_keep4": _model("sparse", 32, 0.25, 1.0),
-        "sparse_32_keep8": _model("sparse", 32, 0.125, 1.0),
+        "sparse_32_keep4": _model("sparse", 32, 0.25, 1.0, afrac=0.0),
+        "sparse_32_keep8": _model("sparse", 32, 0.125, 1.0, afrac=0.0),
         "dense_16": _model("dense", 16),
         "dense_32": _model("dense", 32),
     }

@@ -108,14 +108,16 @@ def test_task_selection_and_target_rules():
   ms, evals = _fake(names, {
       "a": ([0.9, 0.95, 0.85], [0.3, 0.2, 0.4]),
       "b": ([0.9, 0.7, 0.99], [0.1, 0.5, 0.1]),
-      "c": ([0.99, 0.99, 0.99], [0.05, 0.1, 0.12])})
+      "c": ([0.99, 0.99, 0.99], [0.05, 0.1, 0.08])})
   chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
   assert chosen == ["a", "c"]
   assert status["b"]["status"] == "skipped" and "s2 (0.70)" in status["b"][
       "reason"]
   pc = compare_config("default").prune
-  # relative: the worst model's full-model loss, never below the target.
-  assert compare._target(ms, evals, "a", pc, cc) == pytest.approx(0.4)  # pylint: disable=protected-access
+  # relative: a factor times the worst model's full-model loss, never
+  # below the target.
+  cc.target_factor = 1.5
+  assert compare._target(ms, evals, "a", pc, cc) == pytest.approx(0.6)  # pylint: disable=protected-access
   assert compare._target(ms, evals, "c", pc, cc) == pytest.approx(  # pylint: disable=protected-access
       pc.target_loss)
   cc.target_rule = "absolute"
@@ -205,6 +207,8 @@ def smoke(tmp_path_factory, tiny_data):
     return fn
 
   with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train, "run", counted("train"))
+    mp.setattr(evaluate, "run", counted("eval"))
     mp.setattr(prune, "run", counted("prune", kill_after=2))
     with pytest.raises(_Killed):
       compare.run(config, workdir)
