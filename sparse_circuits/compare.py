@@ -119,6 +119,11 @@ def models(config, workdir: str) -> list[Model]:
     if spec.get("family") not in FAMILIES:
       raise ValueError(f"config.compare.models.{name}.family: want one of "
                        f"{FAMILIES}, got {spec.get('family')!r}")
+    need = ("d_model",) + (("pfrac", "expansion_factor")
+                           if spec.family == "sparse" else ())
+    for f in need:
+      if spec.get(f) is None:
+        raise ValueError(f"config.compare.models.{name}.{f}: missing")
     c = model_config(config, spec)
     try:
       config_lib.validate(c)

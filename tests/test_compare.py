@@ -172,6 +172,10 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match="compare.models.sparse_32_keep8"):
     compare.models(c, "/tmp/x")
   c = compare_config("smoke")
+  del c.compare.models.sparse_32_keep4["pfrac"]
+  with pytest.raises(ValueError, match="sparse_32_keep4.pfrac: missing"):
+    compare.models(c, "/tmp/x")
+  c = compare_config("smoke")
   c.compare.target_rule = "median"
   with pytest.raises(ValueError, match="target_rule"):
     compare.models(c, "/tmp/x")
