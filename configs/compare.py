@@ -13,8 +13,9 @@ step is 282/382 of the sparse one), about 2 min dense 64; eval about 1 min
 each; pruning 1-1.5 min per circuit without the random-init control, 8
 tasks x 4 models). `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
 widths, weight sparsity without activation top-k, every task counted as
-learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`: the same experiment at accelerator size (4
-layers, context 256, d_model up to 1024, 20k steps of 128 x 256 tokens).
+learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`:
+the same experiment at accelerator size (4 layers, context 256, d_model up
+to 1024, 20k steps of 128 x 256 tokens; not run yet).
 Other widths or L0 levels: `--config.compare.models.NAME.d_model=...`.
 """
 

@@ -57,6 +57,7 @@ import time
 import numpy as np
 
 from sparse_circuits import checkpoints
+from sparse_circuits import errors
 from sparse_circuits import reporting
 
 _log = reporting.get(__name__)
@@ -90,8 +91,8 @@ def model_config(config, spec):
     del c["compare"]
   d = int(spec.d_model)
   if d % c.model.d_head:
-    raise ValueError(f"compare model width {d} is not a multiple of "
-                     f"model.d_head={c.model.d_head}")
+    raise errors.ConfigError(f"compare model width {d} is not a multiple "
+                             f"of model.d_head={c.model.d_head}")
   c.model.d_model, c.model.d_mlp = d, 4 * d
   c.model.n_head = d // c.model.d_head
   if spec.family == "sparse":
@@ -114,34 +115,39 @@ def models(config, workdir: str) -> list[Model]:
   for name, spec in cc.models.items():
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in ("compare",
                                                                "data"):
-      raise ValueError(f"config.compare.models.{name}: want a plain "
-                       "directory name other than 'compare' and 'data'")
+      raise errors.ConfigError(
+          f"config.compare.models.{name}: want a plain directory name "
+          "other than 'compare' and 'data'")
     if spec.get("family") not in FAMILIES:
-      raise ValueError(f"config.compare.models.{name}.family: want one of "
-                       f"{FAMILIES}, got {spec.get('family')!r}")
+      raise errors.ConfigError(
+          f"config.compare.models.{name}.family: want one of {FAMILIES}, "
+          f"got {spec.get('family')!r}")
     need = ("d_model",) + (("pfrac", "expansion_factor")
                            if spec.family == "sparse" else ())
     for f in need:
       if spec.get(f) is None:
-        raise ValueError(f"config.compare.models.{name}.{f}: missing")
+        raise errors.ConfigError(
+            f"config.compare.models.{name}.{f}: missing")
     c = model_config(config, spec)
     try:
       config_lib.validate(c)
     except ValueError as e:
-      raise ValueError(f"config.compare.models.{name}: {e}") from e
+      raise errors.ConfigError(f"config.compare.models.{name}: {e}") from e
     out.append(Model(name, spec.family, c, os.path.join(workdir, name)))
   for fam in FAMILIES:
     if sum(m.family == fam for m in out) < 2:
-      raise ValueError(f"config.compare.models: need at least two {fam} "
-                       "models (a frontier needs two points)")
+      raise errors.ConfigError(
+          f"config.compare.models: need at least two {fam} models (a "
+          "frontier needs two points)")
   if cc.target_rule not in TARGET_RULES:
-    raise ValueError(f"config.compare.target_rule: want one of "
-                     f"{TARGET_RULES}, got {cc.target_rule!r}")
+    raise errors.ConfigError(f"config.compare.target_rule: want one of "
+                             f"{TARGET_RULES}, got {cc.target_rule!r}")
   if cc.target_factor < 1:
-    raise ValueError("config.compare.target_factor: must be >= 1 (a "
-                     "circuit cannot beat the worst full model)")
+    raise errors.ConfigError("config.compare.target_factor: must be >= 1 "
+                             "(a circuit cannot beat the worst full model)")
   if not 0 <= cc.min_accuracy <= 1:
-    raise ValueError("config.compare.min_accuracy: must be in [0, 1]")
+    raise errors.ConfigError(
+        "config.compare.min_accuracy: must be in [0, 1]")
   return out
 
 
@@ -218,7 +224,7 @@ def _train(m: Model, log: StageLog):
   if checkpoints.latest_step(m.workdir) is not None:
     bad = _mismatch(checkpoints.load_config(m.workdir), m.config)
     if bad:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{m.workdir} holds a run with other settings ({', '.join(bad)}) "
           "than config.compare asks for: remove it or use another --workdir")
   if checkpoints.latest_step(m.workdir) == n:
@@ -533,7 +539,7 @@ def _shared_tokenizer(config, workdir: str) -> str:
 def run(config, workdir: str) -> dict:
   """`--mode=compare`: trains, evaluates and prunes the family (resuming any
   finished stage) and writes WORKDIR/compare/{summary.json,index.html}."""
-  from sparse_circuits import compare_page  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import compare_page  # pylint: disable=g-import-not-at-top,line-too-long
   from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   cc = config.compare
