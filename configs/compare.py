@@ -40,12 +40,14 @@ def get_config(arg: str = "default"):
   c = config_lib.base_config("small" if arg == "gpu" else "tiny")
   c.name = f"compare_{arg}"
   c.train.eval_batches = 16  # held-out LM loss over 16 x 64 windows
+  c.tasks.suite = "paper"    # the paper's 20 tasks ("all": + extras)
   c.tasks.names = ()         # the whole suite
   c.prune.random_control = False  # sizes only; prune a run again for it
 
   cc = c.compare = ml_collections.ConfigDict()
   cc.min_accuracy = 0.8      # a task is compared when every model learns it
   cc.max_tasks = 8           # the first 8 of them (0 = all)
+  cc.skip_bigram_solvable = True  # else_elif: no circuit needed
   cc.target_rule = "relative"  # or "absolute" (prune.target_loss only)
   cc.target_factor = 1.25    # relative: x the worst model's full task loss
   cc.bootstrap = 1000        # resamples of the tasks for the intervals

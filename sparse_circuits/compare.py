@@ -23,7 +23,8 @@ from its last checkpoint).
 
 The rules, the same for every model:
 - Tasks: those every model gets right on >= compare.min_accuracy of the
-  held-out pairs, in the suite's order, the first compare.max_tasks of them.
+  held-out pairs, in the suite's order, the first compare.max_tasks of them;
+  not a task the bigram table alone solves (compare.skip_bigram_solvable).
 - Target: one target loss per task for every model, the larger of
   prune.target_loss and compare.target_factor times the worst model's
   full-model task loss on the held-out pairs (compare.target_rule=
@@ -370,15 +371,31 @@ def _l0(m: Model) -> dict:
   return {"l0": nz, "matrix_entries": total}
 
 
+def _bigram_solvable(name: str) -> bool:
+  from sparse_circuits import task_suite  # pylint: disable=g-import-not-at-top
+  gen = task_suite.GENERATORS.get(name)
+  return gen is not None and not gen.bigram_proof
+
+
 def _select_tasks(ms, evals, cc) -> tuple[list[str], dict]:
   """Tasks every model learns, in the first model's eval order."""
   status, chosen = {}, []
+  for m in ms:
+    for name, reason in evals[m.name].get("skipped", {}).items():
+      status.setdefault(name, {"status": "skipped",
+                               "reason": f"eval skipped it in {m.name}: "
+                                         f"{reason}"})
   for name in evals[ms[0].name]["tasks"]:
     low = [(m.name, evals[m.name]["tasks"].get(name, {}).get("accuracy"))
            for m in ms]
     missing = [n for n, a in low if a is None]
     low = [(n, a) for n, a in low if a is not None and a < cc.min_accuracy]
-    if missing:
+    if cc.skip_bigram_solvable and _bigram_solvable(name):
+      status[name] = {"status": "skipped", "reason": "a bigram model solves "
+                      "it (the decisive token is the prompt's last): the "
+                      "bigram table answers it outside every node, so its "
+                      "circuit size says nothing"}
+    elif missing:
       status[name] = {"status": "skipped",
                       "reason": f"not evaluated in {', '.join(missing)}"}
     elif low:

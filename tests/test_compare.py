@@ -109,8 +109,10 @@ def test_task_selection_and_target_rules():
       "a": ([0.9, 0.95, 0.85], [0.3, 0.2, 0.4]),
       "b": ([0.9, 0.7, 0.99], [0.1, 0.5, 0.1]),
       "c": ([0.99, 0.99, 0.99], [0.05, 0.1, 0.08])})
+  evals["s2"]["skipped"] = {"z": "candidate ' @' is no token"}
   chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
   assert chosen == ["a", "c"]
+  assert "candidate" in status["z"]["reason"]
   assert status["b"]["status"] == "skipped" and "s2 (0.70)" in status["b"][
       "reason"]
   pc = compare_config("default").prune
@@ -125,6 +127,11 @@ def test_task_selection_and_target_rules():
   cc.max_tasks = 1
   chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
   assert chosen == ["a"] and "max_tasks" in status["c"]["reason"]
+  # A task the bigram table alone solves has no circuit worth comparing.
+  ms, evals = _fake(names, {"else_elif": ([0.99] * 3, [0.05] * 3),
+                            "var_if": ([0.99] * 3, [0.05] * 3)})
+  chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["var_if"] and "bigram" in status["else_elif"]["reason"]
 
 
 def test_summary_drops_a_task_whose_target_is_missed():
