@@ -583,6 +583,11 @@ def run(config, workdir: str) -> dict:
       viz.run(m.config, m.workdir)
   l0s = {m.name: _l0(m) for m in ms}
   summary = summarize(ms, evals, l0s, circuits, task_status, targets, cc)
+  summary["settings"] = {  # the seeds and the search, the same for all
+      "seed": config.seed, "data_seed": config.data.seed,
+      "num_steps": config.train.num_steps,
+      "batch_size": config.train.batch_size,
+      "tasks": config.tasks.to_dict(), "prune": config.prune.to_dict()}
   summary["seconds"] = {"this_invocation": time.perf_counter() - t0,
                         "stages": sum(s["seconds"]
                                       for s in log.stages.values())}

@@ -263,6 +263,7 @@ def test_smoke_summary_and_page(smoke, tiny_data):
   on_disk = json.load(open(os.path.join(workdir, "compare", "summary.json")))
   assert on_disk["compared_tasks"] == list(config.tasks.names)
   assert set(on_disk["models"]) == set(config.compare.models)
+  assert on_disk["settings"]["tasks"]["seed"] == config.tasks.seed
   _, info = tiny_data
   for name, m in on_disk["models"].items():
     wd = os.path.join(workdir, name)
