@@ -36,6 +36,7 @@ MODES = {
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",
     "compile_check": "sparse_circuits.compile_check:run",
+    "compare": "sparse_circuits.compare:run",
 }
 # What `--mode=all` runs, in order.
 PIPELINE = ("data", "train", "eval", "prune", "report")

@@ -1,0 +1,96 @@
+"""Sparse vs dense circuits at matched loss (`--mode=compare`, paper Figure 2).
+
+  python -m sparse_circuits.main --config=configs/compare.py --mode=compare --workdir=runs/compare
+  python -m sparse_circuits.main --config=configs/compare.py:smoke --mode=compare --workdir=/tmp/compare_smoke
+  python -m sparse_circuits.main --config=configs/compare.py:gpu --mode=compare --workdir=runs/compare_gpu
+
+Default (CPU, the tiny model's shape and budget: 2 layers, context 64,
+900 steps of 64 x 64 tokens): weight-sparse at d_model 128 keeping 1/4 and
+1/8 of the hidden weights (the tiny config and half its L0), dense at
+d_model 64 and 128. Estimated at about 75 min on 2 idle cores from the
+README's figures (training 6 min per sparse model, 4.4 min dense 128 (its
+step is 282/382 of the sparse one), about 2 min dense 64; eval about 1 min
+each; pruning 1-1.5 min per circuit without the random-init control, 8
+tasks x 4 models). `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
+widths, weight sparsity without activation top-k, every task counted as
+learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`:
+the same experiment at accelerator size (4 layers, context 256, d_model up
+to 1024, 20k steps of 128 x 256 tokens; not run yet).
+Other widths or L0 levels: `--config.compare.models.NAME.d_model=...`.
+"""
+
+import ml_collections
+
+from sparse_circuits import config_lib
+
+
+def _model(family, d_model, pfrac=None, expansion_factor=None, **extra):
+  """A model of the family; extra: `afrac` (sparse only; default the base
+  config's 0.25)."""
+  spec = {"family": family, "d_model": d_model, **extra}
+  if family == "sparse":
+    spec.update(pfrac=pfrac, expansion_factor=expansion_factor)
+  return spec
+
+
+def get_config(arg: str = "default"):
+  if arg not in ("default", "smoke", "gpu"):
+    raise ValueError(f"unknown compare config {arg!r}: want default, smoke "
+                     "or gpu")
+  c = config_lib.base_config("small" if arg == "gpu" else "tiny")
+  c.name = f"compare_{arg}"
+  c.train.eval_batches = 16  # held-out LM loss over 16 x 64 windows
+  c.tasks.suite = "paper"    # the paper's 20 tasks ("all": + extras)
+  c.tasks.names = ()         # the whole suite
+  c.prune.random_control = False  # sizes only; prune a run again for it
+
+  cc = c.compare = ml_collections.ConfigDict()
+  cc.min_accuracy = 0.8      # a task is compared when every model learns it
+  cc.max_tasks = 8           # the first 8 of them (0 = all)
+  cc.skip_bigram_solvable = True  # else_elif: no circuit needed
+  cc.target_rule = "relative"  # or "absolute" (prune.target_loss only)
+  cc.target_factor = 1.25    # relative: x the worst model's full task loss
+  cc.bootstrap = 1000        # resamples of the tasks for the intervals
+  cc.seed = 0
+  cc.models = {
+      "sparse_128_keep4": _model("sparse", 128, 1.0, 2.0),
+      "sparse_128_keep8": _model("sparse", 128, 0.5, 2.0),
+      "dense_64": _model("dense", 64),
+      "dense_128": _model("dense", 128),
+  }
+
+  if arg == "smoke":
+    c.data.max_corpus_bytes = 2_500_000
+    c.data.eval_fraction = 0.03
+    c.model.n_layer, c.model.block_size = 1, 32
+    c.train.num_steps, c.train.batch_size = 6, 8
+    c.train.eval_every = c.train.checkpoint_every = 6
+    c.train.eval_batches = 1
+    c.tasks.names = ("single_double_quote", "bracket_counting")
+    c.tasks.n_train, c.tasks.n_test = 16, 8
+    # Compile time is all a smoke run spends: one mask step, no
+    # calibration (an LBFGS program) and no activation top-k.
+    c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 1, 8, 1
+    c.prune.calibrate = False
+    c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
+    cc.min_accuracy = 0.0
+    cc.bootstrap = 200
+    cc.models = {
+        "sparse_32_keep4": _model("sparse", 32, 0.25, 1.0, afrac=0.0),
+        "sparse_32_keep8": _model("sparse", 32, 0.125, 1.0, afrac=0.0),
+        "dense_16": _model("dense", 16),
+        "dense_32": _model("dense", 32),
+    }
+  elif arg == "gpu":
+    c.train.num_steps, c.train.batch_size = 20_000, 128
+    c.train.checkpoint_every = 1000
+    c.train.eval_every = 1000
+    cc.max_tasks = 0
+    cc.models = {
+        "sparse_1024_keep16": _model("sparse", 1024, 1.0, 4.0),
+        "sparse_1024_keep64": _model("sparse", 1024, 0.25, 4.0),
+        "dense_256": _model("dense", 256),
+        "dense_512": _model("dense", 512),
+        "dense_1024": _model("dense", 1024),
+    }
+  return c

@@ -1,0 +1,599 @@
+"""`--mode=compare`: circuit size of weight-sparse vs dense models at matched
+pretraining loss, over every task all of them learn (paper §3.1, Figure 2).
+
+A family of models (`config.compare.models`: weight-sparse at several L0
+levels, dense at several widths) trains on the same data and token budget,
+each in WORKDIR/<model>/ with the ordinary run layout, so every other mode
+works on it. The existing modes run as library functions, one stage each:
+
+  data      the tokenizer, built once in WORKDIR/data and shared by all
+  train     train.run        -> WORKDIR/<model>/checkpoints/<num_steps>
+  eval      evaluate.run     -> WORKDIR/<model>/eval_summary.json
+  prune     prune.run, one task at a time
+                             -> WORKDIR/<model>/circuits/<task>/circuit.json
+  report    viz.run (the viewer pages) and WORKDIR/compare/{summary.json,
+            index.html, frontier.png}
+
+Every stage is resumable: a model whose checkpoint at num_steps exists (with
+the same model, sparsity, optimizer and data settings) is not trained again;
+an eval or a circuit is reused when its output is there for the trained step
+and WORKDIR/compare/stages.json records it with the same settings. A killed
+compare, started again, resumes where it stopped (training itself resumes
+from its last checkpoint).
+
+The rules, the same for every model:
+- Tasks: those every model gets right on >= compare.min_accuracy of the
+  held-out pairs, in the suite's order, the first compare.max_tasks of them;
+  not a task the bigram table alone solves (compare.skip_bigram_solvable).
+- Target: one target loss per task for every model, the larger of
+  prune.target_loss and compare.target_factor times the worst model's
+  full-model task loss on the held-out pairs (compare.target_rule=
+  "relative"; the paper's 0.15 is below what small models reach on most
+  tasks, and the factor leaves room for the search, which runs on the
+  training pairs), or prune.target_loss alone ("absolute"). A task whose
+  circuit misses the target in any model is left out of the means, with
+  the reason.
+- Circuit size: weight edges (nonzero weights between kept nodes; the
+  residual connections are not weights) and nodes; the geometric mean over
+  tasks counts a circuit with 0 edges as 1, and its interval is a seeded
+  bootstrap over tasks.
+- Matched loss: log-edges of the dense frontier are linear in loss between
+  the two nearest dense models around a sparse model's loss; outside the
+  dense range the line through the two nearest is extended and the ratio is
+  flagged as extrapolated. The headline is the geometric mean of the
+  dense/sparse ratios of the sparse models inside the dense range (of all of
+  them, flagged, if none is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+
+import numpy as np
+
+from sparse_circuits import checkpoints
+from sparse_circuits import errors
+from sparse_circuits import reporting
+
+_log = reporting.get(__name__)
+
+FAMILIES = ("sparse", "dense")
+TARGET_RULES = ("relative", "absolute")
+# Settings a finished model must share with the config to be reused.
+_MODEL_SECTIONS = ("model", "sparsity", "opt")
+_MODEL_FIELDS = ("seed", "train.num_steps", "train.batch_size", "data.seed",
+                 "data.sources", "data.max_corpus_bytes",
+                 "data.eval_fraction")
+
+
+# ------------------------------------------------------------------ models
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  name: str
+  family: str
+  config: object  # the run's full ConfigDict
+  workdir: str
+
+
+def model_config(config, spec):
+  """The run config of one model of the family: the base config with the
+  spec's width, and for "sparse" its pfrac and expansion factor (dense: the
+  same model with every weight kept and no activation sparsity)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    del c["compare"]
+  d = int(spec.d_model)
+  if d % c.model.d_head:
+    raise errors.ConfigError(f"compare model width {d} is not a multiple "
+                             f"of model.d_head={c.model.d_head}")
+  c.model.d_model, c.model.d_mlp = d, 4 * d
+  c.model.n_head = d // c.model.d_head
+  if spec.family == "sparse":
+    c.sparsity.enabled = True
+    c.sparsity.pfrac = float(spec.pfrac)
+    c.sparsity.expansion_factor = float(spec.expansion_factor)
+    c.model.afrac = float(spec.get("afrac", config.model.afrac))
+  else:
+    c.sparsity.enabled = False
+    c.model.afrac = 0.0
+    c.sparsity.pfrac = c.sparsity.expansion_factor ** 2
+  return c
+
+
+def models(config, workdir: str) -> list[Model]:
+  """The family, validated before anything runs (names the bad field)."""
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  cc = config.compare
+  out = []
+  for name, spec in cc.models.items():
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in ("compare",
+                                                               "data"):
+      raise errors.ConfigError(
+          f"config.compare.models.{name}: want a plain directory name "
+          "other than 'compare' and 'data'")
+    if spec.get("family") not in FAMILIES:
+      raise errors.ConfigError(
+          f"config.compare.models.{name}.family: want one of {FAMILIES}, "
+          f"got {spec.get('family')!r}")
+    need = ("d_model",) + (("pfrac", "expansion_factor")
+                           if spec.family == "sparse" else ())
+    for f in need:
+      if spec.get(f) is None:
+        raise errors.ConfigError(
+            f"config.compare.models.{name}.{f}: missing")
+    c = model_config(config, spec)
+    try:
+      config_lib.validate(c)
+    except ValueError as e:
+      raise errors.ConfigError(f"config.compare.models.{name}: {e}") from e
+    out.append(Model(name, spec.family, c, os.path.join(workdir, name)))
+  for fam in FAMILIES:
+    if sum(m.family == fam for m in out) < 2:
+      raise errors.ConfigError(
+          f"config.compare.models: need at least two {fam} models (a "
+          "frontier needs two points)")
+  if cc.target_rule not in TARGET_RULES:
+    raise errors.ConfigError(f"config.compare.target_rule: want one of "
+                             f"{TARGET_RULES}, got {cc.target_rule!r}")
+  if cc.target_factor < 1:
+    raise errors.ConfigError("config.compare.target_factor: must be >= 1 "
+                             "(a circuit cannot beat the worst full model)")
+  if not 0 <= cc.min_accuracy <= 1:
+    raise errors.ConfigError(
+        "config.compare.min_accuracy: must be in [0, 1]")
+  return out
+
+
+def _get(d: dict, dotted: str):
+  for k in dotted.split("."):
+    d = d.get(k, {}) if isinstance(d, dict) else {}
+  return d
+
+
+def _json(x):
+  return json.loads(json.dumps(x, default=str))
+
+
+def _mismatch(stored, wanted) -> list[str]:
+  """Fields where a stored run config differs from the wanted one."""
+  s, w = _json(stored.to_dict()), _json(wanted.to_dict())
+  bad = [f"{sec}.{k}" for sec in _MODEL_SECTIONS
+         for k in sorted(set(s.get(sec, {})) & set(w.get(sec, {})))
+         if s[sec][k] != w[sec][k]]
+  return bad + [f for f in _MODEL_FIELDS if _get(s, f) != _get(w, f)]
+
+
+# ------------------------------------------------------------------ stages
+
+
+def fingerprint(obj) -> str:
+  return hashlib.sha256(json.dumps(_json(obj), sort_keys=True).encode()
+                        ).hexdigest()[:16]
+
+
+class StageLog:
+  """WORKDIR/compare/stages.json: {stage: {fingerprint, seconds, finished}},
+  rewritten after every finished stage."""
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      with open(path) as f:
+        self.stages = json.load(f)
+    except (OSError, ValueError):
+      self.stages = {}
+
+  def done(self, key: str, fp: str) -> bool:
+    return self.stages.get(key, {}).get("fingerprint") == fp
+
+  def record(self, key: str, fp: str, seconds: float):
+    self.stages[key] = {"fingerprint": fp, "seconds": round(seconds, 2),
+                        "finished": time.time()}
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.stages, f, indent=1)
+    os.replace(tmp, self.path)
+
+
+def _read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _timed(log, key, fp, fn, *args):
+  t0 = time.perf_counter()
+  out = fn(*args)
+  log.record(key, fp, time.perf_counter() - t0)
+  return out
+
+
+def _train(m: Model, log: StageLog):
+  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
+  n = m.config.train.num_steps
+  if checkpoints.latest_step(m.workdir) is not None:
+    bad = _mismatch(checkpoints.load_config(m.workdir), m.config)
+    if bad:
+      raise errors.ConfigError(
+          f"{m.workdir} holds a run with other settings ({', '.join(bad)}) "
+          "than config.compare asks for: remove it or use another --workdir")
+  if checkpoints.latest_step(m.workdir) == n:
+    _log.info(f"[compare] {m.name}: trained to step {n}, reused")
+    return
+  _log.info(f"[compare] {m.name}: training ({m.family}, d_model "
+            f"{m.config.model.d_model}, {n} steps)")
+  _timed(log, f"train/{m.name}", fingerprint(m.config.to_dict()), train.run,
+         m.config, m.workdir)
+
+
+def _eval(m: Model, log: StageLog) -> dict:
+  from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
+  step = m.config.train.num_steps
+  key = f"eval/{m.name}"
+  fp = fingerprint({"step": step, "tasks": m.config.tasks.to_dict(),
+                    "eval_batches": m.config.train.eval_batches})
+  path = os.path.join(m.workdir, "eval_summary.json")
+  old = _read_json(path)
+  if log.done(key, fp) and old and old.get("step") == step:
+    _log.info(f"[compare] {m.name}: eval at step {step} reused")
+    return old
+  _log.info(f"[compare] {m.name}: evaluating")
+  return _timed(log, key, fp, evaluate.run, m.config, m.workdir)
+
+
+def _circuit_config(m: Model, task: str, target: float):
+  c = m.config.copy_and_resolve_references()
+  c.prune.tasks = (task,)
+  c.prune.target_loss = float(target)
+  return c
+
+
+def _prune(m: Model, task: str, target: float, log: StageLog) -> dict:
+  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  step = m.config.train.num_steps
+  c = _circuit_config(m, task, target)
+  key = f"prune/{m.name}/{task}"
+  fp = fingerprint({"step": step, "prune": c.prune.to_dict(),
+                    "tasks": c.tasks.to_dict()})
+  path = os.path.join(m.workdir, "circuits", task, "circuit.json")
+  old = _read_json(path)
+  if log.done(key, fp) and old and old.get("model", {}).get("step") == step:
+    _log.info(f"[compare] {m.name}/{task}: circuit reused")
+    return old
+  _log.info(f"[compare] {m.name}/{task}: pruning to target loss {target:.4f}")
+  _timed(log, key, fp, prune.run, c, m.workdir)
+  doc = _read_json(path)
+  if doc is None:
+    raise RuntimeError(f"--mode=prune wrote no readable {path}")
+  return doc
+
+
+# -------------------------------------------------------------- statistics
+
+
+def weight_edges(circuit: dict) -> int:
+  """Nonzero weights between kept nodes: `counts.edges` from circuit.json
+  schema 2 on; in schema 1 that count also held the residual connections."""
+  if circuit.get("schema_version", 1) >= 2:
+    return int(circuit["counts"]["edges"])
+  return sum(e.get("kind") != "residual" for e in circuit.get("edges", []))
+
+
+def geomean(x, floor: float = 1.0) -> float:
+  """Geometric mean of counts (a count of 0 counts as `floor`, 1)."""
+  x = np.maximum(np.asarray(x, np.float64), floor)
+  return float(np.exp(np.mean(np.log(x))))
+
+
+def interpolate_log(xs, ys, x) -> tuple[float, bool, tuple[int, int]]:
+  """y at x with log(y) linear in x between the two nearest points around x
+  (or, outside their range, through the two nearest points: extrapolated).
+  Returns (y, extrapolated, (i, j) the indices of the two points used)."""
+  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+  if len(xs) < 2:
+    raise ValueError("interpolation needs at least two points")
+  order = np.argsort(xs, kind="stable")
+  sx, ly = xs[order], np.log(np.maximum(ys[order], 1e-300))
+  extrapolated = bool(x < sx[0] or x > sx[-1])
+  i = int(np.clip(np.searchsorted(sx, x, side="right") - 1, 0, len(sx) - 2))
+  j = i + 1
+  if sx[j] == sx[i]:
+    y = 0.5 * (ly[i] + ly[j])
+  else:
+    y = ly[i] + (x - sx[i]) / (sx[j] - sx[i]) * (ly[j] - ly[i])
+  return float(np.exp(y)), extrapolated, (int(order[i]), int(order[j]))
+
+
+def matched_ratios(losses, families, gm_edges) -> tuple[list[dict], dict]:
+  """Dense/sparse ratio of geometric-mean edges at each sparse model's loss,
+  and the headline (see the module docstring)."""
+  dense = [i for i, f in enumerate(families) if f == "dense"]
+  dl = [losses[i] for i in dense]
+  de = [gm_edges[i] for i in dense]
+  rows = []
+  for i, f in enumerate(families):
+    if f != "sparse":
+      continue
+    at, extra, (a, b) = interpolate_log(dl, de, losses[i])
+    rows.append({"model": i, "dense_edges_at_loss": at,
+                 "ratio": at / max(gm_edges[i], 1.0), "extrapolated": extra,
+                 "dense_models": [dense[a], dense[b]]})
+  inside = [r for r in rows if not r["extrapolated"]]
+  use = inside or rows
+  head = {"ratio": (geomean([r["ratio"] for r in use], floor=1e-300)
+                    if use else math.nan),
+          "extrapolated": not inside, "sparse_models": [r["model"]
+                                                        for r in use]}
+  return rows, head
+
+
+def bootstrap(values_MxT, statistic, n: int, seed: int,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+  """Percentile interval of `statistic(values[:, idx])` over n resamples of
+  the tasks (columns) with replacement, the same resample for every model.
+  Returns (lo, hi), each shaped like the statistic."""
+  values = np.asarray(values_MxT, np.float64)
+  rng = np.random.default_rng(seed)
+  t = values.shape[1]
+  stats = np.asarray([statistic(values[:, rng.integers(0, t, t)])
+                      for _ in range(n)])
+  q = (1 - level) / 2
+  return np.quantile(stats, q, axis=0), np.quantile(stats, 1 - q, axis=0)
+
+
+# ------------------------------------------------------------------- run
+
+
+def _l0(m: Model) -> dict:
+  """Nonzero and total entries of the matrices weight sparsity acts on
+  (the same matrices for sparse and dense models)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  r = runs.load(m.workdir, step=m.config.train.num_steps)
+  nz = total = 0
+  for path, w in jax.tree_util.tree_flatten_with_path(r.params)[0]:
+    p = sparsity.path_str(path)
+    if any(re.search(rule[0], p) for rule in sparsity.MATRIX_RULES):
+      nz += int(np.count_nonzero(np.asarray(jax.device_get(w))))
+      total += int(np.prod(w.shape))
+  return {"l0": nz, "matrix_entries": total}
+
+
+def _bigram_solvable(name: str) -> bool:
+  from sparse_circuits import task_suite  # pylint: disable=g-import-not-at-top
+  gen = task_suite.GENERATORS.get(name)
+  return gen is not None and not gen.bigram_proof
+
+
+def _select_tasks(ms, evals, cc) -> tuple[list[str], dict]:
+  """Tasks every model learns, in the first model's eval order."""
+  status, chosen = {}, []
+  for m in ms:
+    for name, reason in evals[m.name].get("skipped", {}).items():
+      status.setdefault(name, {"status": "skipped",
+                               "reason": f"eval skipped it in {m.name}: "
+                                         f"{reason}"})
+  for name in evals[ms[0].name]["tasks"]:
+    low = [(m.name, evals[m.name]["tasks"].get(name, {}).get("accuracy"))
+           for m in ms]
+    missing = [n for n, a in low if a is None]
+    low = [(n, a) for n, a in low if a is not None and a < cc.min_accuracy]
+    if cc.skip_bigram_solvable and _bigram_solvable(name):
+      status[name] = {"status": "skipped", "reason": "a bigram model solves "
+                      "it (the decisive token is the prompt's last): the "
+                      "bigram table answers it outside every node, so its "
+                      "circuit size says nothing"}
+    elif missing:
+      status[name] = {"status": "skipped",
+                      "reason": f"not evaluated in {', '.join(missing)}"}
+    elif low:
+      status[name] = {"status": "skipped", "reason": "accuracy below "
+                      f"{cc.min_accuracy} in " + ", ".join(
+                          f"{n} ({a:.2f})" for n, a in low)}
+    elif cc.max_tasks and len(chosen) >= cc.max_tasks:
+      status[name] = {"status": "skipped", "reason": "learned by every "
+                      f"model, beyond compare.max_tasks={cc.max_tasks}"}
+    else:
+      chosen.append(name)
+      status[name] = {"status": "compared"}
+  return chosen, status
+
+
+def _target(ms, evals, task, pc, cc) -> float:
+  if cc.target_rule == "absolute":
+    return float(pc.target_loss)
+  worst = max(evals[m.name]["tasks"][task]["loss"] for m in ms)
+  return float(max(pc.target_loss, cc.target_factor * worst))
+
+
+def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
+  """summary.json's content from what the stages wrote."""
+  compared = [t for t, s in task_status.items() if s["status"] == "compared"]
+  for t in list(compared):
+    missed = [m.name for m in ms if not circuits[m.name][t].get(
+        "target_reached", True)]
+    if missed:
+      task_status[t] = {"status": "dropped", "target": targets[t],
+                        "reason": "circuit misses the target loss "
+                        f"{targets[t]:.4f} in {', '.join(missed)}"}
+      compared.remove(t)
+  out_models = {}
+  for m in ms:
+    tasks = {}
+    for t, doc in circuits[m.name].items():
+      L = doc.get("losses", {})
+      tasks[t] = {"accuracy": evals[m.name]["tasks"][t]["accuracy"],
+                  "full_model_loss": L.get("full_model"),
+                  "circuit_loss": L.get("circuit"), "target": targets[t],
+                  "reached": doc.get("target_reached"),
+                  "edges": weight_edges(doc),
+                  "nodes": int(doc["counts"]["nodes"]),
+                  "viewer": f"../{m.name}/circuits/{t}/index.html"}
+    out_models[m.name] = {
+        "family": m.family, "workdir": os.path.abspath(m.workdir),
+        "d_model": m.config.model.d_model,
+        "pfrac": m.config.sparsity.pfrac if m.family == "sparse" else None,
+        "expansion_factor": m.config.sparsity.expansion_factor,
+        "lm_loss": evals[m.name]["lm_loss"], **l0s[m.name], "tasks": tasks}
+  summary = {"models": out_models, "tasks": task_status,
+             "compared_tasks": compared, "target_rule": cc.target_rule,
+             "min_accuracy": cc.min_accuracy,
+             "bootstrap": {"n": cc.bootstrap, "seed": cc.seed,
+                           "level": 0.95}}
+  names = [m.name for m in ms]
+  fams = [m.family for m in ms]
+  losses = [out_models[n]["lm_loss"] for n in names]
+  if not compared:
+    summary["headline"] = None
+    return summary
+  for what in ("edges", "nodes"):
+    v = np.asarray([[out_models[n]["tasks"][t][what] for t in compared]
+                    for n in names], np.float64)
+    lo, hi = bootstrap(v, lambda s: [geomean(r) for r in s], cc.bootstrap,
+                       cc.seed)
+    for k, n in enumerate(names):
+      out_models[n][f"geomean_{what}"] = geomean(v[k])
+      out_models[n][f"geomean_{what}_ci"] = [float(lo[k]), float(hi[k])]
+    if what == "edges":
+      edges = v
+  gm = [out_models[n]["geomean_edges"] for n in names]
+  rows, head = matched_ratios(losses, fams, gm)
+
+  def stat(s):
+    r, h = matched_ratios(losses, fams, [geomean(x) for x in s])
+    return [x["ratio"] for x in r] + [h["ratio"]]
+
+  lo, hi = bootstrap(edges, stat, cc.bootstrap, cc.seed)
+  summary["matched"] = [
+      {"sparse": names[r["model"]], "lm_loss": losses[r["model"]],
+       "sparse_edges": gm[r["model"]],
+       "dense_edges_at_loss": r["dense_edges_at_loss"], "ratio": r["ratio"],
+       "ratio_ci": [float(lo[k]), float(hi[k])],
+       "extrapolated": r["extrapolated"],
+       "dense_models": [names[i] for i in r["dense_models"]]}
+      for k, r in enumerate(rows)]
+  summary["headline"] = {
+      "ratio": head["ratio"], "ratio_ci": [float(lo[-1]), float(hi[-1])],
+      "extrapolated": head["extrapolated"], "n_tasks": len(compared),
+      "sparse_models": [names[i] for i in head["sparse_models"]]}
+  return summary
+
+
+def format_table(summary: dict) -> str:
+  """The terminal table: one row per model, then the matched ratios."""
+  tasks = summary["compared_tasks"]
+  rows = [f"{'model':<18} {'family':<7} {'LM loss':>8} {'L0':>10} "
+          f"{'gm edges [95% CI]':>24} {'gm nodes':>9}"
+          + "".join(f" {t[:14]:>14}" for t in tasks)]
+  order = sorted(summary["models"].items(),
+                 key=lambda kv: (kv[1]["family"], kv[1]["lm_loss"]))
+  for name, m in order:
+    ci = m.get("geomean_edges_ci")
+    gm = (f"{m['geomean_edges']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+          if ci else "n/a")
+    nodes = f"{m['geomean_nodes']:.1f}" if "geomean_nodes" in m else "n/a"
+    rows.append(f"{name:<18} {m['family']:<7} {m['lm_loss']:>8.4f} "
+                f"{m['l0']:>10,} {gm:>24} {nodes:>9}"
+                + "".join(f" {m['tasks'][t]['edges']:>14,}" for t in tasks))
+  for r in summary.get("matched", []):
+    rows.append(
+        f"{r['sparse']}: dense frontier at loss {r['lm_loss']:.4f} has "
+        f"{r['dense_edges_at_loss']:.1f} edges -> {r['ratio']:.2f}x "
+        f"[{r['ratio_ci'][0]:.2f}, {r['ratio_ci'][1]:.2f}]"
+        + (" (EXTRAPOLATED beyond the dense models' losses)"
+           if r["extrapolated"] else
+           f" (between {' and '.join(r['dense_models'])})"))
+  h = summary.get("headline")
+  if h:
+    rows.append(f"headline: dense/sparse geometric-mean edges at matched "
+                f"loss {h['ratio']:.2f}x [{h['ratio_ci'][0]:.2f}, "
+                f"{h['ratio_ci'][1]:.2f}] over {h['n_tasks']} tasks"
+                + (" (extrapolated)" if h["extrapolated"] else ""))
+  else:
+    rows.append("no task is learned by every model: no circuits compared")
+  for t, s in summary["tasks"].items():
+    if s["status"] != "compared":
+      rows.append(f"{s['status']} {t}: {s['reason']}")
+  return "\n".join(rows)
+
+
+def _finite(x):
+  """JSON-safe: NaN/inf -> None, numpy scalars -> Python numbers."""
+  if isinstance(x, dict):
+    return {k: _finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def _shared_tokenizer(config, workdir: str) -> str:
+  """The tokenizer all models use: the config's, else one built once."""
+  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+  if config.data.tokenizer_dir:
+    return os.path.abspath(config.data.tokenizer_dir)
+  base = config.copy_and_resolve_references()
+  with base.unlocked():
+    del base["compare"]
+  return os.path.abspath(data.prepare(base, workdir).tokenizer_dir)
+
+
+def run(config, workdir: str) -> dict:
+  """`--mode=compare`: trains, evaluates and prunes the family (resuming any
+  finished stage) and writes WORKDIR/compare/{summary.json,index.html}."""
+  from sparse_circuits import compare_page  # pylint: disable=g-import-not-at-top,line-too-long
+  from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  cc = config.compare
+  ms = models(config, workdir)  # validates before anything runs
+  out_dir = os.path.join(workdir, "compare")
+  os.makedirs(out_dir, exist_ok=True)
+  log = StageLog(os.path.join(out_dir, "stages.json"))
+  tok_dir = _shared_tokenizer(config, workdir)
+  for m in ms:
+    m.config.data.tokenizer_dir = tok_dir
+  for m in ms:
+    _train(m, log)
+  evals = {m.name: _eval(m, log) for m in ms}
+  chosen, task_status = _select_tasks(ms, evals, cc)
+  targets = {t: _target(ms, evals, t, config.prune, cc) for t in chosen}
+  for t in chosen:
+    task_status[t]["target"] = targets[t]
+  circuits = {m.name: {} for m in ms}
+  for t in chosen:  # task-major: a killed compare has whole tasks done
+    for m in ms:
+      circuits[m.name][t] = _prune(m, t, targets[t], log)
+  for m in ms:
+    if chosen:
+      viz.run(m.config, m.workdir)
+  l0s = {m.name: _l0(m) for m in ms}
+  summary = summarize(ms, evals, l0s, circuits, task_status, targets, cc)
+  summary["settings"] = {  # the seeds and the search, the same for all
+      "seed": config.seed, "data_seed": config.data.seed,
+      "num_steps": config.train.num_steps,
+      "batch_size": config.train.batch_size,
+      "tasks": config.tasks.to_dict(), "prune": config.prune.to_dict()}
+  summary["seconds"] = {"this_invocation": time.perf_counter() - t0,
+                        "stages": sum(s["seconds"]
+                                      for s in log.stages.values())}
+  path = os.path.join(out_dir, "summary.json")
+  with open(path, "w") as f:
+    json.dump(_finite(summary), f, indent=1, allow_nan=False)
+  page = compare_page.write(summary, out_dir)
+  _log.info(f"{format_table(summary)}\nwrote {path} and {page}")
+  return summary

@@ -1,0 +1,302 @@
+"""--mode=compare: the statistics on known numbers, and the smoke compare
+killed in the middle and started again."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from sparse_circuits import compare
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def compare_config(arg):
+  spec = importlib.util.spec_from_file_location(
+      "compare_config", ROOT / "configs" / "compare.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+# ------------------------------------------------------------ statistics
+
+
+def test_geomean_counts_zero_as_one():
+  assert compare.geomean([1, 100]) == pytest.approx(10)
+  assert compare.geomean([0, 100]) == pytest.approx(10)
+  assert compare.geomean([4, 4, 4]) == pytest.approx(4)
+
+
+def test_interpolation_is_linear_in_log_and_flags_extrapolation():
+  # Unsorted on purpose: the points are ordered by x inside.
+  xs, ys = [3.0, 1.0, 2.0], [1000.0, 10.0, 100.0]
+  y, extra, used = compare.interpolate_log(xs, ys, 1.5)
+  assert y == pytest.approx(math.sqrt(10 * 100)) and not extra
+  assert sorted(used) == [1, 2]
+  y, extra, used = compare.interpolate_log(xs, ys, 2.0)
+  assert y == pytest.approx(100) and not extra
+  y, extra, used = compare.interpolate_log(xs, ys, 3.5)  # beyond: last two
+  assert y == pytest.approx(10 ** 3.5) and extra and sorted(used) == [0, 2]
+  y, extra, _ = compare.interpolate_log(xs, ys, 0.0)
+  assert y == pytest.approx(1.0) and extra
+  with pytest.raises(ValueError, match="two points"):
+    compare.interpolate_log([1.0], [2.0], 1.0)
+
+
+def test_matched_ratio_and_headline():
+  # Dense frontier: 1000 edges at loss 2, 10 at loss 3 (so 100 at 2.5).
+  losses = [2.0, 3.0, 2.5, 3.5]
+  fams = ["dense", "dense", "sparse", "sparse"]
+  rows, head = compare.matched_ratios(losses, fams, [1000, 10, 10, 2])
+  assert [r["model"] for r in rows] == [2, 3]
+  assert rows[0]["ratio"] == pytest.approx(10)
+  assert not rows[0]["extrapolated"] and rows[1]["extrapolated"]
+  assert rows[1]["dense_edges_at_loss"] == pytest.approx(1.0)
+  assert rows[1]["ratio"] == pytest.approx(0.5)  # a ratio below 1 stays
+  # The headline uses the interpolated sparse models only.
+  assert head["ratio"] == pytest.approx(10) and not head["extrapolated"]
+  _, head = compare.matched_ratios(losses[:2] + [3.5], fams[:3], [1000, 10, 2])
+  assert head["ratio"] == pytest.approx(0.5) and head["extrapolated"]
+
+
+def test_bootstrap_over_tasks():
+  same = np.full((2, 5), 7.0)
+  lo, hi = compare.bootstrap(same, lambda s: [compare.geomean(r) for r in s],
+                             100, seed=0)
+  np.testing.assert_allclose(lo, 7.0)
+  np.testing.assert_allclose(hi, 7.0)
+  v = np.array([[1.0, 10.0, 100.0, 1000.0]])
+  stat = lambda s: [compare.geomean(s[0])]  # pylint: disable=unnecessary-lambda-assignment
+  lo, hi = compare.bootstrap(v, stat, 400, seed=3)
+  assert 1.0 <= lo[0] < compare.geomean(v[0]) < hi[0] <= 1000.0
+  lo2, hi2 = compare.bootstrap(v, stat, 400, seed=3)
+  assert (lo, hi) == (lo2, hi2)  # seeded
+  # Tasks are resampled jointly: a model that is always 10x another keeps
+  # an exact ratio of 10 in every resample.
+  pair = np.array([[1.0, 5.0, 50.0], [10.0, 50.0, 500.0]])
+  lo, hi = compare.bootstrap(
+      pair, lambda s: [compare.geomean(s[1]) / compare.geomean(s[0])], 200, 0)
+  np.testing.assert_allclose([lo[0], hi[0]], 10.0)
+
+
+def test_weight_edges_leave_out_residual_connections():
+  edges = [{"kind": "weight"}, {"kind": "residual"}, {"kind": "weight"}]
+  assert compare.weight_edges({"schema_version": 1, "edges": edges,
+                               "counts": {"edges": 3}}) == 2
+  assert compare.weight_edges({"schema_version": 2, "edges": edges,
+                               "counts": {"edges": 2}}) == 2
+
+
+def _fake(ms_losses, task_acc_loss):
+  """Models and evals for the selection rules."""
+  ms = [compare.Model(n, f, None, "") for n, f in ms_losses]
+  evals = {n: {"lm_loss": 3.0, "tasks": {
+      t: {"accuracy": a[i], "loss": l[i]}
+      for t, (a, l) in task_acc_loss.items()}}
+           for i, (n, _) in enumerate(ms_losses)}
+  return ms, evals
+
+
+def test_task_selection_and_target_rules():
+  cc = compare_config("default").compare
+  names = [("s1", "sparse"), ("s2", "sparse"), ("d1", "dense")]
+  ms, evals = _fake(names, {
+      "a": ([0.9, 0.95, 0.85], [0.3, 0.2, 0.4]),
+      "b": ([0.9, 0.7, 0.99], [0.1, 0.5, 0.1]),
+      "c": ([0.99, 0.99, 0.99], [0.05, 0.1, 0.08])})
+  evals["s2"]["skipped"] = {"z": "candidate ' @' is no token"}
+  chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["a", "c"]
+  assert "candidate" in status["z"]["reason"]
+  assert status["b"]["status"] == "skipped" and "s2 (0.70)" in status["b"][
+      "reason"]
+  pc = compare_config("default").prune
+  # relative: a factor times the worst model's full-model loss, never
+  # below the target.
+  cc.target_factor = 1.5
+  assert compare._target(ms, evals, "a", pc, cc) == pytest.approx(0.6)  # pylint: disable=protected-access
+  assert compare._target(ms, evals, "c", pc, cc) == pytest.approx(  # pylint: disable=protected-access
+      pc.target_loss)
+  cc.target_rule = "absolute"
+  assert compare._target(ms, evals, "a", pc, cc) == pc.target_loss  # pylint: disable=protected-access
+  cc.max_tasks = 1
+  chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["a"] and "max_tasks" in status["c"]["reason"]
+  # A task the bigram table alone solves has no circuit worth comparing.
+  ms, evals = _fake(names, {"else_elif": ([0.99] * 3, [0.05] * 3),
+                            "var_if": ([0.99] * 3, [0.05] * 3)})
+  chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["var_if"] and "bigram" in status["else_elif"]["reason"]
+
+
+def test_summary_drops_a_task_whose_target_is_missed():
+  config = compare_config("default")
+  specs = config.compare.models
+  ms = [compare.Model(n, specs[n].family,
+                      compare.model_config(config, specs[n]), "")
+        for n in ("dense_64", "dense_128", "sparse_128_keep4")]
+  losses = {"dense_64": 3.0, "dense_128": 2.0, "sparse_128_keep4": 2.5}
+  edges = {"dense_64": [10, 10, 10], "dense_128": [1000, 1000, 1000],
+           "sparse_128_keep4": [10, 10, 5]}
+  tasks = ["a", "b", "c"]
+  evals = {n: {"lm_loss": losses[n], "tasks": {
+      t: {"accuracy": 0.9, "loss": 0.2} for t in tasks}} for n in losses}
+  circuits = {n: {t: {"schema_version": 2, "target_reached": not (
+      n == "dense_64" and t == "c"), "counts": {"edges": edges[n][i],
+                                                "nodes": 2 * edges[n][i]},
+                       "losses": {"circuit": 0.2, "full_model": 0.2}}
+                  for i, t in enumerate(tasks)} for n in losses}
+  status = {t: {"status": "compared"} for t in tasks}
+  l0s = {n: {"l0": 1, "matrix_entries": 2} for n in losses}
+  s = compare.summarize(ms, evals, l0s, circuits, status,
+                        {t: 0.2 for t in tasks}, config.compare)
+  assert s["compared_tasks"] == ["a", "b"]
+  assert s["tasks"]["c"]["status"] == "dropped"
+  assert "dense_64" in s["tasks"]["c"]["reason"]
+  sp = s["models"]["sparse_128_keep4"]
+  assert sp["geomean_edges"] == pytest.approx(10)  # c (5 edges) left out
+  assert sp["geomean_nodes"] == pytest.approx(20)
+  (m,) = s["matched"]
+  assert m["dense_edges_at_loss"] == pytest.approx(100)  # sqrt(10 * 1000)
+  assert m["ratio"] == pytest.approx(10) and not m["extrapolated"]
+  np.testing.assert_allclose(m["ratio_ci"], [10, 10])  # same on every task
+  assert s["headline"]["ratio"] == pytest.approx(10)
+  assert "10.00x" in compare.format_table(s)
+
+
+def test_config_errors_name_the_field():
+  c = compare_config("smoke")
+  del c.compare.models["dense_16"]
+  with pytest.raises(ValueError, match="two dense models"):
+    compare.models(c, "/tmp/x")
+  c = compare_config("smoke")
+  c.compare.models.sparse_32_keep8.pfrac = 1e-4
+  with pytest.raises(ValueError, match="compare.models.sparse_32_keep8"):
+    compare.models(c, "/tmp/x")
+  c = compare_config("smoke")
+  del c.compare.models.sparse_32_keep4["pfrac"]
+  with pytest.raises(ValueError, match="sparse_32_keep4.pfrac: missing"):
+    compare.models(c, "/tmp/x")
+  c = compare_config("smoke")
+  c.compare.target_rule = "median"
+  with pytest.raises(ValueError, match="target_rule"):
+    compare.models(c, "/tmp/x")
+
+
+# --------------------------------------------------------------- smoke
+
+
+class _Killed(RuntimeError):
+  pass
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, tiny_data):
+  """The smoke compare, killed after its second circuit, then run again
+  with every library mode counted."""
+  from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
+  _, info = tiny_data
+  config = compare_config("smoke")
+  config.data.tokenizer_dir = info.tokenizer_dir  # the session's (same corpus)
+  workdir = str(tmp_path_factory.mktemp("compare"))
+  real = {"train": train.run, "eval": evaluate.run, "prune": prune.run}
+  calls = {k: [] for k in real}
+
+  def counted(kind, kill_after=None):
+    def fn(c, wd):
+      if kill_after is not None and len(calls[kind]) == kill_after:
+        raise _Killed("killed")
+      calls[kind].append((os.path.basename(wd), tuple(c.prune.tasks)))
+      return real[kind](c, wd)
+    return fn
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train, "run", counted("train"))
+    mp.setattr(evaluate, "run", counted("eval"))
+    mp.setattr(prune, "run", counted("prune", kill_after=2))
+    with pytest.raises(_Killed):
+      compare.run(config, workdir)
+  first = {k: list(v) for k, v in calls.items()}
+  done = [os.path.join(workdir, m, "circuits", t[0], "circuit.json")
+          for m, t in first["prune"]]
+  mtimes = {p: os.stat(p).st_mtime_ns for p in done}
+  calls = {k: [] for k in real}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train, "run", counted("train"))
+    mp.setattr(evaluate, "run", counted("eval"))
+    mp.setattr(prune, "run", counted("prune"))
+    summary = compare.run(config, workdir)
+  return config, workdir, summary, first, calls, mtimes
+
+
+def test_killed_compare_resumes_without_redoing_stages(smoke):
+  config, workdir, _, first, again, mtimes = smoke
+  n_models, n_tasks = len(config.compare.models), len(config.tasks.names)
+  assert len(first["train"]) == len(first["eval"]) == n_models
+  assert len(first["prune"]) == 2
+  # Started again: no model trained or evaluated again, only the missing
+  # circuits pruned, and the finished ones untouched on disk.
+  assert again["train"] == [] and again["eval"] == []
+  assert len(again["prune"]) == n_models * n_tasks - 2
+  assert not set(again["prune"]) & set(first["prune"])
+  for p, t in mtimes.items():
+    assert os.stat(p).st_mtime_ns == t, p
+  stages = json.load(open(os.path.join(workdir, "compare", "stages.json")))
+  assert sum(k.startswith("prune/") for k in stages) == n_models * n_tasks
+  # A model dir holding other settings is refused, not silently reused.
+  bad = config.copy_and_resolve_references()
+  bad.compare.models.dense_16.d_model = 48
+  with pytest.raises(ValueError, match="model.d_model"):
+    compare.run(bad, workdir)
+
+
+def test_smoke_summary_and_page(smoke, tiny_data):
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  config, workdir, summary, _, _, _ = smoke
+  on_disk = json.load(open(os.path.join(workdir, "compare", "summary.json")))
+  assert on_disk["compared_tasks"] == list(config.tasks.names)
+  assert set(on_disk["models"]) == set(config.compare.models)
+  assert on_disk["settings"]["tasks"]["seed"] == config.tasks.seed
+  _, info = tiny_data
+  for name, m in on_disk["models"].items():
+    wd = os.path.join(workdir, name)
+    assert m["lm_loss"] == json.load(open(os.path.join(
+        wd, "eval_summary.json")))["lm_loss"]
+    manifest = json.load(open(os.path.join(wd, "data", "manifest.json")))
+    assert manifest["tokenizer_dir"] == os.path.abspath(info.tokenizer_dir)
+    # Edges and their geometric mean as read from each circuit.json.
+    edges = []
+    for t in on_disk["compared_tasks"]:
+      doc = json.load(open(os.path.join(wd, "circuits", t, "circuit.json")))
+      assert m["tasks"][t]["edges"] == compare.weight_edges(doc)
+      assert m["tasks"][t]["nodes"] == doc["counts"]["nodes"]
+      assert os.path.exists(os.path.join(workdir, "compare",
+                                         m["tasks"][t]["viewer"]))
+      edges.append(compare.weight_edges(doc))
+    assert m["geomean_edges"] == pytest.approx(compare.geomean(edges))
+    # L0: a sparse model holds exactly its final k per matrix.
+    if m["family"] == "sparse":
+      mc = compare.model_config(config, config.compare.models[name])
+      ctx = runs.context(mc)
+      assert m["l0"] == sum(p.k_final for p in ctx.plan.matrices)
+      assert m["l0"] < 0.5 * m["matrix_entries"]
+    else:
+      assert m["l0"] > 0.9 * m["matrix_entries"]
+  h = on_disk["headline"]
+  assert h["n_tasks"] == 2 and h["ratio"] > 0
+  assert len(on_disk["matched"]) == 2
+  assert summary["headline"]["ratio"] == pytest.approx(h["ratio"])
+  page = open(os.path.join(workdir, "compare", "index.html")).read()
+  assert page.count("<svg") == 2  # the frontier and the per-task bars
+  assert "geometric-mean circuit edges" in page
+  assert "<script" not in page and 'src="http' not in page  # self-contained
+  assert os.path.getsize(os.path.join(workdir, "compare", "frontier.png")) > 0
+  text = compare.format_table(on_disk)
+  assert "headline" in text and "dense_32" in text
