@@ -60,17 +60,19 @@ def interventions(masks, means):
   return {s: {"mask": masks[s], "mean": means[s]} for s in masks}
 
 
-def last_logits(params, cfg, tokens, masks=None, means=None):
+def last_logits(params, cfg, tokens, masks=None, means=None, last=None):
+  """Logits at each row's last prompt position `last` [N] (right-padded task
+  prompts, `TaskData.last`); with last=None, at the final column."""
   iv = interventions(masks, means) if masks is not None else None
   logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv,
-                                last_only=True)
+                                last_only=last is None, read_at=last)
   return logits[:, -1]
 
 
 def logit_diff(params, cfg, data_tokens, target, alternative, masks=None,
-               means=None):
+               means=None, last=None):
   """d = logit[target] - logit[alternative] at the last position, [N]."""
-  lg = last_logits(params, cfg, data_tokens, masks, means)
+  lg = last_logits(params, cfg, data_tokens, masks, means, last)
   return (jnp.take_along_axis(lg, target[:, None], 1)[:, 0] -
           jnp.take_along_axis(lg, alternative[:, None], 1)[:, 0])
 

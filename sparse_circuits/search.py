@@ -122,6 +122,13 @@ def bce(d_MxN, ab_Mx2=None, sign_MxN=None):
   return np.mean(np.logaddexp(0.0, -d), -1)
 
 
+def read_positions(data):
+  """Where each prompt of task data ends (`TaskData.last`, right-padded
+  prompts); None for data without it, read at the final column."""
+  last = getattr(data, "last", None)
+  return None if last is None else jnp.asarray(last, jnp.int32)
+
+
 @functools.lru_cache(maxsize=8)
 def _programs(cfg, sites, clip, b2, weight_decay):
   """The jitted mask-training step (vmapped over settings) and evaluation
@@ -136,17 +143,18 @@ def _programs(cfg, sites, clip, b2, weight_decay):
                    optax.scale_by_adam(b1=0.9, b2=b2))
   widths = [s.width for s in sites]
 
-  def loss_fn(tau, hp, tokens, target, alt, params, means):
+  def loss_fn(tau, hp, tokens, last, target, alt, params, means):
     masks = {s: hard_step(t, hp["temperature"]) for s, t in tau.items()}
-    d = logit_diff(params, cfg, tokens, target, alt, masks, means)
+    d = logit_diff(params, cfg, tokens, target, alt, masks, means, last)
     task = jnp.mean(jax.nn.softplus(-d))
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + hp["k_coef"] * n_on, (task, n_on)
 
-  def step(tau, opt_state, bad, frac, idx, hp, tokens, target, alt, params,
-           means):
+  def step(tau, opt_state, bad, frac, idx, hp, tokens, last, target, alt,
+           params, means):
     (_, (task, n_on)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        tau, hp, tokens[idx], target[idx], alt[idx], params, means)
+        tau, hp, tokens[idx], None if last is None else last[idx],
+        target[idx], alt[idx], params, means)
     u, new_opt = tx.update(g, opt_state)
     lr = hp["lr"] * (1.0 - frac)
     new_tau = jax.tree.map(
@@ -160,16 +168,16 @@ def _programs(cfg, sites, clip, b2, weight_decay):
             jax.tree.map(keep, new_opt, opt_state), bad | ~ok,
             {"task_loss": task, "nodes": n_on})
 
-  def diffs(flat_CxN, tokens, target_CxR, alt_CxR, params, means):
+  def diffs(flat_CxN, tokens, last, target_CxR, alt_CxR, params, means):
     def one(flat, target, alt):
       parts = jnp.split(flat, np.cumsum(widths)[:-1])
       masks = {s.name: p for s, p in zip(sites, parts)}
-      return logit_diff(params, cfg, tokens, target, alt, masks, means)
+      return logit_diff(params, cfg, tokens, target, alt, masks, means, last)
     return jax.vmap(one)(flat_CxN, target_CxR, alt_CxR)
 
   return (jax.jit(jax.vmap(tx.init)),
-          jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, 0, 0, None, 0, 0,
-                                          None, None)),
+          jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, 0, 0, None, None,
+                                          0, 0, None, None)),
                   donate_argnums=(0, 1)),
           jax.jit(diffs))
 
@@ -208,6 +216,7 @@ class Pruner:
     # the same alone as in a stack.
     rngs = [np.random.default_rng([s.seed, pc.seed]) for s in settings]
     tokens = jnp.asarray(data.tokens)
+    last = read_positions(data)
     m = None
     for step in tqdm(range(pc.steps), desc=f"masks x{len(settings)}",
                      disable=not progress, leave=False):
@@ -215,7 +224,7 @@ class Pruner:
       idx = np.stack([2 * pairs, 2 * pairs + 1], -1).reshape(len(rngs), -1)
       tau, opt_state, bad, m = self._step(
           tau, opt_state, bad, jnp.float32(step / pc.steps), jnp.asarray(idx),
-          hp, tokens, target, alt, self.params, self.means)
+          hp, tokens, last, target, alt, self.params, self.means)
     flat = np.concatenate([np.asarray(tau[s.name]) for s in sites], 1)
     return flat, jax.device_get(m), np.asarray(bad)
 
@@ -231,12 +240,13 @@ class Pruner:
     keep = np.asarray(keep_MxN, np.float32).reshape(-1, self.n_nodes)
     target, alt = self._labels(data, len(keep), labels)
     tokens, out = jnp.asarray(data.tokens), []
+    last = read_positions(data)
     for i in range(0, len(keep), EVAL_CHUNK):
       sl = slice(i, i + EVAL_CHUNK)
       pad = EVAL_CHUNK - len(keep[sl])
       chunk = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge")
                for x in (keep[sl], target[sl], alt[sl])]
-      d = self._diffs(*map(jnp.asarray, chunk[:1]), tokens,
+      d = self._diffs(*map(jnp.asarray, chunk[:1]), tokens, last,
                       *map(jnp.asarray, chunk[1:]), self.params, self.means)
       out.append(np.asarray(d)[:EVAL_CHUNK - pad])
     return np.concatenate(out) if out else np.zeros((0, len(data.target)))

@@ -52,9 +52,11 @@ def task_data(n_pairs=32, seed=0):
       rows.append(filler + [tok])
       target.append(t)
       alt.append(a)
-  return types.SimpleNamespace(tokens=np.asarray(rows, np.int32),
-                               target=np.asarray(target, np.int32),
-                               alternative=np.asarray(alt, np.int32))
+  tokens = np.asarray(rows, np.int32)
+  return types.SimpleNamespace(  # unpadded: every prompt ends at the last column
+      tokens=tokens, last=np.full(len(rows), tokens.shape[1] - 1, np.int32),
+      target=np.asarray(target, np.int32),
+      alternative=np.asarray(alt, np.int32))
 
 
 def pretraining_batches(seed=1):
