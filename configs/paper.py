@@ -6,8 +6,9 @@ batch 512 x 256 tokens).
 
 `:1gpu` fits the authors' global batch on one 80 GB GPU, as their trainer
 does: bfloat16 compute (float32 master weights) and the batch in 8
-sequential microbatches of 64 x 256 (`train.microbatches`); compile_check
-then fails above 70 GB per device (an H100's 80 GB with a margin).
+sequential microbatches of 64 x 256 (`train.microbatches`), and the prune
+sweep on 8 pairs per setting and step; compile_check then fails above 70 GB
+per device (an H100's 80 GB with a margin).
 Temporaries of the train step as XLA:CPU compiles it for one device
 (`model.remat` recomputes blocks in the backward, see sparse_circuits/model.py):
 
@@ -35,4 +36,8 @@ def get_config(arg: str = ""):
     c.model.compute_dtype = "bfloat16"
     c.train.microbatches, c.model.remat = ONE_GPU
     c.distributed.device_memory_gb = 70.0
+    # The prune sweep trains all its settings at once: 32 settings x 64
+    # pairs of 64-token prompts needed 283 GB; 8 pairs per setting and step
+    # (as the tiny config's search) fit.
+    c.prune.batch_size = 8
   return c
