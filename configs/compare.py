@@ -42,7 +42,10 @@ def get_config(arg: str = "default"):
   c.train.eval_batches = 16  # held-out LM loss over 16 x 64 windows
   c.tasks.suite = "paper"    # the paper's 20 tasks ("all": + extras)
   c.tasks.names = ()         # the whole suite
-  c.prune.random_control = False  # sizes only; prune a run again for it
+  # Sizes only: no controls (prune a sub-workdir again for them).
+  c.prune.random_control = False
+  c.prune.nonsense_control = False
+  c.prune.stability_seeds = 1
 
   cc = c.compare = ml_collections.ConfigDict()
   cc.min_accuracy = 0.8      # a task is compared when every model learns it
@@ -72,7 +75,7 @@ def get_config(arg: str = "default"):
     # calibration (an LBFGS program) and no activation top-k.
     c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 1, 8, 1
     c.prune.calibrate = False
-    c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
+    c.prune.sweep_size = 1
     cc.min_accuracy = 0.0
     cc.bootstrap = 200
     cc.models = {
