@@ -7,11 +7,12 @@
 Default (CPU, the tiny model's shape and budget: 2 layers, context 64,
 900 steps of 64 x 64 tokens): weight-sparse at d_model 128 keeping 1/4 and
 1/8 of the hidden weights (the tiny config and half its L0), dense at
-d_model 64 and 128. Estimated at about 75 min on 2 idle cores from the
-README's figures (training 6 min per sparse model, 4.4 min dense 128 (its
+d_model 64 and 128. Estimated at 75 min at most on 2 idle cores: data
+1.5 min; training 6 min per sparse model (README), 4.4 min dense 128 (its
 step is 282/382 of the sparse one), about 2 min dense 64; eval about 1 min
-each; pruning 1-1.5 min per circuit without the random-init control, 8
-tasks x 4 models). `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
+each; pruning about 1.5 min per circuit (the search at 8 settings, no
+controls; measured 255-303 s on a loaded machine, about 3x slower than
+idle), 8 tasks x 4 models at most. `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
 widths, weight sparsity without activation top-k, every task counted as
 learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`:
 the same experiment at accelerator size (4 layers, context 256, d_model up
@@ -42,7 +43,12 @@ def get_config(arg: str = "default"):
   c.train.eval_batches = 16  # held-out LM loss over 16 x 64 windows
   c.tasks.suite = "paper"    # the paper's 20 tasks ("all": + extras)
   c.tasks.names = ()         # the whole suite
-  c.prune.random_control = False  # sizes only; prune a run again for it
+  # Sizes only: no controls (prune a sub-workdir again for them).
+  c.prune.random_control = False
+  c.prune.nonsense_control = False
+  c.prune.stability_seeds = 1
+  if arg == "default":
+    c.prune.sweep_size = 8  # half the main job's sweep: the 90-min budget
 
   cc = c.compare = ml_collections.ConfigDict()
   cc.min_accuracy = 0.8      # a task is compared when every model learns it
@@ -72,7 +78,7 @@ def get_config(arg: str = "default"):
     # calibration (an LBFGS program) and no activation top-k.
     c.prune.steps, c.prune.batch_size, c.prune.mean_batches = 1, 8, 1
     c.prune.calibrate = False
-    c.prune.sweep_k_coef, c.prune.sweep_seeds = (1e-2,), (0,)
+    c.prune.sweep_size = 1
     cc.min_accuracy = 0.0
     cc.bootstrap = 200
     cc.models = {

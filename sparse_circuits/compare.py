@@ -1,5 +1,6 @@
 """`--mode=compare`: circuit size of weight-sparse vs dense models at matched
-pretraining loss, over every task all of them learn (paper §3.1, Figure 2).
+pretraining loss, over every task all of them learn (the paper's Figure 2;
+method.md §9).
 
 A family of models (`config.compare.models`: weight-sparse at several L0
 levels, dense at several widths) trains on the same data and token budget,
