@@ -254,6 +254,7 @@ def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
 
   c = _micro(config, dense=False, steps=6)
   c.data.tokenizer_dir = ""  # bridge mode takes the dense run's tokenizer
+  c.train.microbatches = 2
   c.bridge.dense_workdir = dense_wd
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   bridge.run(c, straight)
