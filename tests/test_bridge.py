@@ -100,6 +100,21 @@ def test_hybrid_runs_each_model_on_its_side_of_the_switch():
                                err_msg=f"switch {j}")
     assert np.max(np.abs(np.asarray(got - spliced[j + 1]))) > 1e-3, (
         f"switch {j} runs the same as switch {j + 1}")
+  # Rematerialised blocks (a lax.scan from the switch's layer on) run the
+  # same paths; steering's additive intervention works there too.
+  remat = dataclasses.replace(SPARSE, remat="block")
+  paths_r, _ = _paths_and_loss(a, b, _identity_bridges(SPARSE), batch, remat,
+                               remat)
+  for d in ("d2s", "s2d"):
+    for j, (got, want) in enumerate(zip(paths_r[d], paths[d])):
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-5,
+                                 err_msg=f"remat {d} at {j}")
+  iv = {"1.resid_in": {"add": paths["h_dense"][0]}}
+  steered = [jax.jit(lambda p, t, c=c: M.forward(p, t, c, interventions=iv)[0])(
+      a, batch[:, :-1]) for c in (SPARSE, remat)]
+  np.testing.assert_allclose(steered[1], steered[0], rtol=0, atol=1e-5)
+  plain = _forward(a, batch[:, :-1], SPARSE)
+  assert np.max(np.abs(np.asarray(steered[0] - plain))) > 1e-3
   with pytest.raises(ValueError, match="n_layer"):
     B.init_params(dataclasses.replace(DENSE, n_layer=3), SPARSE, 0)
   with pytest.raises(ValueError, match="start=4"):
@@ -239,6 +254,7 @@ def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
 
   c = _micro(config, dense=False, steps=6)
   c.data.tokenizer_dir = ""  # bridge mode takes the dense run's tokenizer
+  c.train.microbatches = 2
   c.bridge.dense_workdir = dense_wd
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   bridge.run(c, straight)
