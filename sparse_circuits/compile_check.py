@@ -152,7 +152,8 @@ def prune_step_report(setup) -> Report:
   args = (tau, opt_state, r((n_set,), jnp.bool_), r(()),
           r((n_set, bs), jnp.int32),
           {f: r((n_set,)) for f in ("k_coef", "lr", "temperature")},
-          r((n_prompts, t_len), jnp.int32), r((n_set, n_prompts), jnp.int32),
+          r((n_prompts, t_len), jnp.int32), r((n_prompts,), jnp.int32),
+          r((n_set, n_prompts), jnp.int32),
           r((n_set, n_prompts), jnp.int32), setup.abstract_params,
           {s.name: r((s.width,)) for s in sites})
   return _compile(f"prune step ({n_set} settings)", step_fn, *args)
