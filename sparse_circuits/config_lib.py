@@ -190,6 +190,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.bridge.encoder_afrac = 0.25    # encoder AbsTopK (of the sparse width); 0 = off
   c.bridge.coefs = ml_collections.ConfigDict(
       {"nmse_d2s": 1.0, "nmse_s2d": 1.0, "kl_d2s": 1.0, "kl_s2d": 1.0})
+  # "all": every hybrid path each step (the paper's sum); "cycle": one switch
+  # point per step, in turn, weighted 2·n_layer (same sum over a cycle).
+  c.bridge.kl_paths = "all"
   c.steer = ml_collections.ConfigDict()
   c.steer.task = "single_double_quote"
   c.steer.node = ""                # "site:index"; "" = the circuit's residual
@@ -285,6 +288,8 @@ def validate(c) -> None:
              f"must be in [0, 1] (0 = off), got {b.encoder_afrac}")
     for k, v in b.coefs.items():
       _require(v >= 0, f"bridge.coefs.{k}", f"must be >= 0, got {v}")
+    _require(b.get("kl_paths", "all") in ("all", "cycle"), "bridge.kl_paths",
+             f"must be 'all' or 'cycle', got {b.get('kl_paths')!r}")
   if "steer" in c:
     st = c.steer
     _require(len(st.strengths) > 0 and min(st.strengths) >= 0,

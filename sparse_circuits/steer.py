@@ -6,14 +6,26 @@ in the sparse model), the perturbation of the dense residual stream at the
 same sublayer input is, at every token t,
 
   delta(t) = (a_c(counterfactual, t) - a_c(presented, t))
-             * decoder_j[c, :] * rms(dense residual) / rms(sparse residual)
+             * rms(sparse residual) / g_c * decoder_j[c, :]
 
-with decoder_j the bridge decoder of that sublayer (as one linear map on raw
-residuals, `bridge.decoder_matrix`) and the two RMS measured on
-reference data. The dense model runs on the presented prompt with
-strength * delta added to its residual stream (a `model.forward`
-intervention), and we read its probability of the counterfactual answer. The
-control is a random direction with the same norm at every token.
+The node's activation a_c is read after RMSNorm (a_c = g_c x_c / rms(x),
+g_c the norm's gain), so rms(sparse residual) / g_c (the RMS on reference
+data) turns its change into a change of the raw sparse residual channel,
+and decoder_j (the bridge decoder of that sublayer, as one linear map on raw
+residuals: `bridge.decoder_matrix`) carries that into the dense residual.
+The paper rescales "by the ratio of the two models' residual RMS": in the
+RMS-normalised frame its decoder row is decoder_j[c] * rms_s / rms_d and the
+result is scaled back by rms_d, which is the same delta. (Multiplying our
+raw-frame row by rms_d / rms_s once more counts that ratio twice: on the
+tiny pair, where it is 12 to 690, the perturbation came out 50 to 3000
+times the dense residual's own norm and drove the bridge and random curves
+down alike.)
+
+The dense model runs on the presented prompt with strength * delta added to
+its residual stream (a `model.forward` intervention), and we read its
+probability of the counterfactual's answer, over the whole vocabulary and
+between the task's two candidates. The control is a random direction with
+the same norm at every token.
 
 Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
 """
@@ -56,27 +68,33 @@ def residual_rms(params, cfg, tokens_BxL, site: str) -> float:
   return float(_rms(params, cfg, tokens_BxL, site))
 
 
-def rms_ratio(dense_params, dense_cfg, sparse_params, sparse_cfg, tokens_BxL,
-              site: str) -> float:
-  """rms(dense residual) / rms(sparse residual) at the sublayer that the
-  node `site` reads, on reference tokens."""
-  _, resid = node_bridge(site)
-  return (residual_rms(dense_params, dense_cfg, tokens_BxL, resid)
-          / residual_rms(sparse_params, sparse_cfg, tokens_BxL, resid))
+def channel_scale(sparse_params, sparse_cfg, tokens_BxL, site: str,
+                  channel: int) -> float:
+  """rms(sparse residual) / g_c: the raw residual change per unit change of
+  the normalised read channel (site, channel), RMS on reference tokens."""
+  j, resid = node_bridge(site)
+  norm = "ln_1" if j % 2 == 0 else "ln_2"
+  gain = float(sparse_params[f"h_{j // 2}"][norm]["weight"][channel])
+  if abs(gain) < 1e-12:
+    raise errors.ConfigError(
+        f"config.steer.node: {site}:{channel} has a zero RMSNorm gain: no "
+        "change of its activation maps to the residual stream")
+  return residual_rms(sparse_params, sparse_cfg, tokens_BxL, resid) / gain
 
 
 @functools.partial(jax.jit, static_argnames=("sparse_cfg", "site"))
-def _perturbation(sparse_params, sparse_cfg, row_S, site, channel, presented,
-                  counterfactual, ratio):
+def _perturbation(sparse_params, sparse_cfg, row_D, site, channel, presented,
+                  counterfactual, scale):
   acts = [model_lib.forward(sparse_params, t, sparse_cfg, capture=(site,))[1]
           for t in (presented, counterfactual)]
   diff_BxL = acts[1][site][..., channel] - acts[0][site][..., channel]
-  return diff_BxL[..., None].astype(jnp.float32) * row_S * ratio
+  return diff_BxL[..., None].astype(jnp.float32) * scale * row_D
 
 
 def perturbation(sparse_params, sparse_cfg, bridges, site: str, channel: int,
-                 presented_BxL, counterfactual_BxL, ratio: float):
-  """delta [B, L, D] for the node (site, channel) (see the module doc)."""
+                 presented_BxL, counterfactual_BxL, scale: float):
+  """delta [B, L, D] for the node (site, channel), `scale` from
+  `channel_scale` (see the module doc)."""
   j, _ = node_bridge(site)
   width = sparse_cfg.d_model
   if not 0 <= channel < width:
@@ -90,7 +108,7 @@ def perturbation(sparse_params, sparse_cfg, bridges, site: str, channel: int,
   row = bridge_lib.decoder_matrix(bridge_lib.get(bridges, j))[channel]
   return _perturbation(sparse_params, sparse_cfg, row, site,
                        jnp.int32(channel), presented_BxL, counterfactual_BxL,
-                       jnp.float32(ratio))
+                       jnp.float32(scale))
 
 
 def random_like(delta_BxLxD, seed: int):
@@ -110,27 +128,28 @@ def steered_logits(dense_params, dense_cfg, tokens_BxL, resid_site: str,
 
 
 @functools.partial(jax.jit, static_argnames=("dense_cfg", "resid_site"))
-def _answer_prob(dense_params, dense_cfg, tokens_BxL, resid_site, delta_BxLxD,
-                 strength, answer_B, last_B):
+def _answer_probs(dense_params, dense_cfg, tokens_BxL, resid_site,
+                  delta_BxLxD, strength, answers_BxK, last_B):
   logits = steered_logits(dense_params, dense_cfg, tokens_BxL, resid_site,
                           delta_BxLxD, strength)
   B = tokens_BxL.shape[0]
   logp_BxV = jax.nn.log_softmax(logits[jnp.arange(B), last_B], axis=-1)
-  return jnp.exp(logp_BxV[jnp.arange(B), answer_B])
+  return jnp.exp(jnp.take_along_axis(logp_BxV, answers_BxK, axis=1))
 
 
-def answer_prob(dense_params, dense_cfg, tokens_BxL, resid_site, delta_BxLxD,
-                strengths, answer_B, last_B=None) -> np.ndarray:
-  """[len(strengths), B]: the dense model's probability of `answer_B` at each
-  prompt's last real token (`last_B`, default the final position) for each
-  steering strength (one compiled program for the whole sweep)."""
+def answer_probs(dense_params, dense_cfg, tokens_BxL, resid_site,
+                 delta_BxLxD, strengths, answers_BxK,
+                 last_B=None) -> np.ndarray:
+  """[len(strengths), B, K]: the dense model's probability of each of
+  `answers_BxK` at each prompt's last real token (`last_B`, default the
+  final position) for each steering strength (one compiled program)."""
   B, L = tokens_BxL.shape
   last_B = (jnp.full((B,), L - 1, jnp.int32) if last_B is None
             else jnp.asarray(last_B, jnp.int32))
-  answer_B = jnp.asarray(answer_B, jnp.int32)
-  return np.stack([np.asarray(_answer_prob(
+  answers_BxK = jnp.asarray(answers_BxK, jnp.int32)
+  return np.stack([np.asarray(_answer_probs(
       dense_params, dense_cfg, tokens_BxL, resid_site, delta_BxLxD,
-      jnp.float32(s), answer_B, last_B)) for s in strengths])
+      jnp.float32(s), answers_BxK, last_B)) for s in strengths])
 
 
 # ---------------------------------------------------------------- the mode
@@ -175,8 +194,13 @@ def pairs(data):
   return rows[keep], partner[keep], last[keep]
 
 
-def _curve(probs_SxB) -> list[float]:
-  return [float(x) for x in np.mean(probs_SxB, axis=1)]
+def _curves(probs_SxBx2) -> dict:
+  """Means over prompts: P(counterfactual answer) over the vocabulary, and
+  between the two candidates (the task's own two-way choice)."""
+  p = probs_SxBx2.astype(np.float64)
+  return {"vocab": [float(x) for x in p[..., 0].mean(axis=1)],
+          "binary": [float(x) for x in
+                     (p[..., 0] / (p[..., 0] + p[..., 1])).mean(axis=1)]}
 
 
 def sweep(dense_params, dense_cfg, sparse_params, sparse_cfg, bridges, node,
@@ -191,28 +215,34 @@ def sweep(dense_params, dense_cfg, sparse_params, sparse_cfg, bridges, node,
         "config.steer.task: no prompt pair of equal length to steer with")
   tokens = jnp.asarray(data.tokens)
   presented, counterfactual = tokens[rows], tokens[partner]
-  answer = np.asarray(data.target)[partner]  # the counterfactual's answer
-  ratio = rms_ratio(dense_params, dense_cfg, sparse_params, sparse_cfg,
-                    reference_BxL, site)
+  target = np.asarray(data.target)
+  answers = np.stack([target[partner], target[rows]], axis=1)  # cf, own
+  scale = channel_scale(sparse_params, sparse_cfg, reference_BxL, site,
+                        channel)
   delta = perturbation(sparse_params, sparse_cfg, bridges, site, channel,
-                       presented, counterfactual, ratio)
-  prob = lambda d: answer_prob(dense_params, dense_cfg, presented, resid, d,
-                               strengths, answer, last)
-  bridge_probs = prob(delta)
-  random = {int(s): _curve(prob(random_like(delta, int(s)))) for s in seeds}
+                       presented, counterfactual, scale)
+  curves = lambda d: _curves(answer_probs(
+      dense_params, dense_cfg, presented, resid, d, strengths, answers, last))
+  bridge_curves = curves(delta)
+  random = {int(s): curves(random_like(delta, int(s))) for s in seeds}
   norms = np.asarray(jnp.linalg.norm(delta, axis=-1))
-  return {
+  rms_d = residual_rms(dense_params, dense_cfg, reference_BxL, resid)
+  rms_s = residual_rms(sparse_params, sparse_cfg, reference_BxL, resid)
+  out = {
       "node": {k: node.get(k) for k in ("site", "index", "ablation_delta",
                                         "tau")},
-      "bridge": j, "dense_site": resid, "rms_ratio": ratio,
-      "n_prompts": int(len(rows)),
+      "bridge": j, "dense_site": resid, "n_prompts": int(len(rows)),
+      "rms_dense": rms_d, "rms_sparse": rms_s, "channel_scale": scale,
       "delta_norm_mean": float(norms.mean()),
       "strengths": [float(s) for s in strengths],
-      "p_counterfactual": _curve(bridge_probs),
-      "p_counterfactual_random": random,
-      "p_counterfactual_random_mean": [
-          float(x) for x in np.mean(list(random.values()), axis=0)],
   }
+  for kind, name in (("vocab", "p_counterfactual"),
+                     ("binary", "p_counterfactual_binary")):
+    out[name] = bridge_curves[kind]
+    out[f"{name}_random"] = {s: c[kind] for s, c in random.items()}
+    out[f"{name}_random_mean"] = [
+        float(x) for x in np.mean([c[kind] for c in random.values()], axis=0)]
+  return out
 
 
 def run(config, workdir: str) -> dict:
@@ -255,10 +285,11 @@ def run(config, workdir: str) -> dict:
       circ.doc, os.path.join(out_dir, "index.html"),
       viz.read_metrics(os.path.join(workdir, "metrics.jsonl")),
       index_href="../../index.html", steer=doc)
-  p, r = doc["p_counterfactual"], doc["p_counterfactual_random_mean"]
+  p = doc["p_counterfactual_binary"]
+  r = doc["p_counterfactual_binary_random_mean"]
   _log.info(f"steer {st.task} through {node['site']}:{node['index']} "
-            f"({doc['n_prompts']} prompts): P(counterfactual) "
-            f"{p[0]:.4f} -> {p[-1]:.4f} at strength {doc['strengths'][-1]:g}"
-            f"; random direction {r[0]:.4f} -> {r[-1]:.4f}; wrote {path}, "
-            f"{page}")
+            f"({doc['n_prompts']} prompts): P(counterfactual answer of the "
+            f"two) {p[0]:.4f} -> {p[-1]:.4f} at strength "
+            f"{doc['strengths'][-1]:g}; random direction {r[0]:.4f} -> "
+            f"{r[-1]:.4f}; wrote {path}, {page}")
   return doc

@@ -45,8 +45,8 @@ class Objective:
   The train state is then {"model": params, **extras}. The model's params
   stay the checkpoint's `params` item (eval, prune and report read the run
   unchanged); each extra is a checkpoint item of its own
-  (`checkpoints.EXTRA_ITEMS`). `loss(state, frozen, batch)` returns (loss,
-  {name: scalar}) for the metrics; `frozen` (e.g. a frozen model's
+  (`checkpoints.EXTRA_ITEMS`). `loss(state, frozen, batch, step)` returns
+  (loss, {name: scalar}) for the metrics; `frozen` (e.g. a frozen model's
   parameters) enters the jitted step as an argument placed with
   `frozen_shardings`, not as a constant compiled into it.
   """
@@ -153,9 +153,9 @@ def make_train_step(setup: Setup):
         f"train.microbatches={micro} microbatches of a multiple of the "
         f"mesh's batch axes ({n_batch} devices)")
 
-  def loss_fn(params, batch, frozen):
+  def loss_fn(params, batch, frozen, step):
     if objective is not None:  # (loss, {name: scalar})
-      return objective.loss(params, frozen, batch)
+      return objective.loss(params, frozen, batch, step)
     logits, acts = model_lib.forward(params, batch[:, :-1], cfg,
                                      capture=_post_act_sites(cfg))
     loss = jnp.mean(model_lib.token_nll(logits, batch[:, 1:]))
@@ -164,7 +164,7 @@ def make_train_step(setup: Setup):
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulate(params, batch, frozen):
+  def accumulate(params, batch, frozen, step):
     """(mean loss, aux, mean grads) over microbatches: a boolean aux (the
     default's per-neuron alive) is alive anywhere, a number the mean."""
     rows = batch.reshape(batch_size // micro, micro, batch.shape[1])
@@ -174,7 +174,7 @@ def make_train_step(setup: Setup):
 
     def body(carry, mb):
       loss_sum, aux_sum, grad_sum = carry
-      (loss, aux), grads = grad_fn(params, mb, frozen)
+      (loss, aux), grads = grad_fn(params, mb, frozen, step)
       return (loss_sum + loss, jax.tree.map(_merge, aux_sum, aux),
               jax.tree.map(jnp.add, grad_sum, grads)), None
 
@@ -183,7 +183,7 @@ def make_train_step(setup: Setup):
         params, setup.param_shardings)
     aux0 = jax.tree.map(
         lambda a: jnp.zeros(a.shape, a.dtype),
-        jax.eval_shape(lambda mb: grad_fn(params, mb, frozen)[0][1],
+        jax.eval_shape(lambda mb: grad_fn(params, mb, frozen, step)[0][1],
                        micro_batches[0]))
     (loss_sum, aux, grad_sum), _ = jax.lax.scan(
         body, (jnp.zeros((), jnp.float32), aux0, zeros), micro_batches)
@@ -192,9 +192,9 @@ def make_train_step(setup: Setup):
 
   def step_fn(params, opt_state, step, batch, frozen=None):
     if micro == 1:
-      (loss, aux), grads = grad_fn(params, batch, frozen)
+      (loss, aux), grads = grad_fn(params, batch, frozen, step)
     else:
-      loss, aux, grads = accumulate(params, batch, frozen)
+      loss, aux, grads = accumulate(params, batch, frozen, step)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))

@@ -230,13 +230,14 @@ def write_circuit_page(circuit: dict, out_path: str | os.PathLike,
   return str(out)
 
 
-def steer_svg(doc: dict, width: int = 420, height: int = 260) -> str:
-  """A line plot of the sweep: the bridge direction against the random
-  controls (thin) and their mean (dashed)."""
+def steer_svg(doc: dict, key: str = "p_counterfactual_binary",
+              width: int = 420, height: int = 260) -> str:
+  """A line plot of one curve of the sweep (`key`): the bridge direction
+  against the random controls (thin) and their mean (dashed)."""
   xs, pad = doc["strengths"], 40
-  ys = [doc["p_counterfactual"], doc["p_counterfactual_random_mean"],
-        *doc["p_counterfactual_random"].values()]
-  top = max(1e-6, max(max(y) for y in ys)) * 1.05
+  bridge, mean = doc[key], doc[f"{key}_random_mean"]
+  randoms = list(doc[f"{key}_random"].values())
+  top = max(1e-6, max(max(y) for y in (bridge, mean, *randoms))) * 1.05
   x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
 
   def pts(y):
@@ -246,12 +247,13 @@ def steer_svg(doc: dict, width: int = 420, height: int = 260) -> str:
         for x, v in zip(xs, y))
 
   lines = [f'<polyline points="{pts(y)}" fill="none" stroke="#bbb" '
-           'stroke-width="1"/>' for y in doc["p_counterfactual_random"].values()]
-  lines.append(f'<polyline points="{pts(doc["p_counterfactual_random_mean"])}"'
-               ' fill="none" stroke="#888" stroke-width="2" '
-               'stroke-dasharray="5,4"/>')
-  lines.append(f'<polyline points="{pts(doc["p_counterfactual"])}" '
-               'fill="none" stroke="#d62728" stroke-width="2.5"/>')
+           'stroke-width="1"/>' for y in randoms]
+  lines.append(f'<polyline points="{pts(mean)}" fill="none" stroke="#888" '
+               'stroke-width="2" stroke-dasharray="5,4"/>')
+  lines.append(f'<polyline points="{pts(bridge)}" fill="none" '
+               'stroke="#d62728" stroke-width="2.5"/>')
+  what = ("of the two candidates" if key.endswith("binary")
+          else "over the vocabulary")
   axes = (f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad / 2}" '
           f'y2="{height - pad}" stroke="#444"/><line x1="{pad}" '
           f'y1="{pad / 2}" x2="{pad}" y2="{height - pad}" stroke="#444"/>'
@@ -259,7 +261,7 @@ def steer_svg(doc: dict, width: int = 420, height: int = 260) -> str:
           f'font-size="12">steering strength ({x0:g} to {x1:g})</text>'
           f'<text x="12" y="{height / 2}" font-size="12" '
           f'transform="rotate(-90 12 {height / 2})" text-anchor="middle">'
-          f'P(counterfactual answer), max {top / 1.05:.3g}</text>'
+          f'P(counterfactual answer) {what}, max {top / 1.05:.3g}</text>'
           f'<text x="{pad + 8}" y="{pad / 2 + 12}" font-size="12" '
           'fill="#d62728">bridge direction</text>'
           f'<text x="{pad + 8}" y="{pad / 2 + 26}" font-size="12" '
@@ -269,17 +271,18 @@ def steer_svg(doc: dict, width: int = 420, height: int = 260) -> str:
 
 
 def _steer_section(doc: dict) -> str:
-  """The steering sweep (steer.json) as a plot and one line of figures."""
-  node, p = doc["node"], doc["p_counterfactual"]
-  r = doc["p_counterfactual_random_mean"]
+  """The steering sweep (steer.json) as plots and one line of figures."""
+  node, p = doc["node"], doc["p_counterfactual_binary"]
+  r = doc["p_counterfactual_binary_random_mean"]
   text = (f"Dense model steered through sparse node "
           f"<code>{html.escape(str(node['site']))}:{node['index']}</code> "
           f"(bridge {doc['bridge']}, {doc['n_prompts']} prompts): "
-          f"P(counterfactual answer) {_f(p[0])} &rarr; {_f(p[-1])}; random "
-          f"direction of the same norm {_f(r[0])} &rarr; {_f(r[-1])}.")
+          f"P(counterfactual answer) of the task's two candidates "
+          f"{_f(p[0])} &rarr; {_f(p[-1])}; random direction of the same "
+          f"norm {_f(r[0])} &rarr; {_f(r[-1])}.")
+  plots = steer_svg(doc) + steer_svg(doc, "p_counterfactual")
   return ('<div class="page">' + _section(
-      "Steering the dense model", f"<p>{text}</p>" + steer_svg(doc))
-          + "</div>")
+      "Steering the dense model", f"<p>{text}</p>" + plots) + "</div>")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -177,12 +177,26 @@ def test_steering_at_strength_zero_leaves_the_dense_model_unchanged():
   assert doc["n_prompts"] == 8 and doc["delta_norm_mean"] > 0
   plain = jax.jit(lambda p, t: jnp.exp(jax.nn.log_softmax(
       M.forward(p, t, DENSE)[0][:, -1], axis=-1)))(dense, toks)
-  want = float(np.mean(np.asarray(plain)[np.arange(8), np.arange(8) ^ 1]))
-  assert doc["p_counterfactual"][0] == want  # exactly: strength 0 is a no-op
-  assert all(c[0] == want for c in doc["p_counterfactual_random"].values())
-  assert abs(doc["p_counterfactual"][1] - want) > 1e-5, "strength 1 is a no-op"
+  p = np.asarray(plain, np.float64)
+  cf, own = p[np.arange(8), np.arange(8) ^ 1], p[np.arange(8), np.arange(8)]
+  # Exactly: strength 0 is a no-op, for the node and every random direction.
+  assert doc["p_counterfactual"][0] == float(cf.mean())
+  assert doc["p_counterfactual_binary"][0] == float((cf / (cf + own)).mean())
+  for c in doc["p_counterfactual_random"].values():
+    assert c[0] == float(cf.mean())
+  assert abs(doc["p_counterfactual"][1] - cf.mean()) > 1e-5, "strength 1 does nothing"
+  # delta = activation difference * rms(sparse residual) / gain * decoder row.
+  scale = steer.channel_scale(sparse, SPARSE, _tokens(seed=9), node["site"], 5)
+  gain = float(sparse["h_0"]["ln_2"]["weight"][5])
+  rms = steer.residual_rms(sparse, SPARSE, _tokens(seed=9), "0.resid_mid")
+  np.testing.assert_allclose(scale, rms / gain, rtol=1e-6)
   delta = steer.perturbation(sparse, SPARSE, bridges, node["site"], 5,
-                             toks[0::2], toks[1::2], doc["rms_ratio"])
+                             toks[0::2], toks[1::2], scale)
+  _, a = M.forward(sparse, toks, SPARSE, capture=(node["site"],))
+  diff = a[node["site"]][1::2, :, 5] - a[node["site"]][0::2, :, 5]
+  row = B.decoder_matrix(B.get(bridges, 1))[5]
+  np.testing.assert_allclose(delta, diff[..., None] * scale * row, rtol=1e-4,
+                             atol=1e-6)
   ctrl = steer.random_like(delta, seed=0)
   np.testing.assert_allclose(jnp.linalg.norm(ctrl, axis=-1),
                              jnp.linalg.norm(delta, axis=-1), rtol=1e-5)
@@ -300,3 +314,24 @@ def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
   assert doc["node"]["site"] == "0.mlp.act_in" and doc["n_prompts"] > 0
   with open(os.path.join(path, "index.html")) as f:
     assert "Steering the dense model" in f.read()
+
+
+def test_cycling_switch_points_gives_the_full_sum_over_a_cycle():
+  sparse_cfg = dataclasses.replace(SPARSE, n_layer=1)
+  dense_cfg = dataclasses.replace(DENSE, n_layer=1)
+  dense = _trained_like(M.init_params(dense_cfg, 0), seed=3)
+  sparse = _trained_like(M.init_params(sparse_cfg, 1), seed=4)
+  bridges = B.init_params(dense_cfg, sparse_cfg, 2)
+  batch = _tokens(l=17)
+  f = jax.jit(lambda j: B.loss(sparse, bridges, dense, batch, dense_cfg,
+                               sparse_cfg, 8, switch=j))
+  full_total, full = jax.jit(lambda: B.loss(sparse, bridges, dense, batch,
+                                            dense_cfg, sparse_cfg, 8))()
+  totals = []
+  for j in range(2):
+    total, terms = f(jnp.int32(j))
+    totals.append(float(total))
+    for t in ("kl_d2s", "kl_s2d"):
+      np.testing.assert_allclose(terms[t][j], full[t][j], rtol=1e-5)
+      assert float(terms[t][1 - j]) == 0.0
+  np.testing.assert_allclose(np.mean(totals), float(full_total), rtol=1e-5)
