@@ -237,14 +237,17 @@ class Run:
     from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     return tasks_lib.build_all(self.config, self.tokenizer, names=[name])[name]
 
-  def evaluate(self, task, interventions=None, split: str = "test") -> dict:
-    """{loss, accuracy, n} of a task (a Task or its name) on one split."""
+  def evaluate(self, task, interventions=None, split: str = "test",
+               calibration=None) -> dict:
+    """{loss, accuracy, n} of a task (a Task or its name) on one split;
+    `calibration` = {"scale", "shift"} scores a*d + b*sign as pruning does."""
     from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     if isinstance(task, str):
       task = self.task(task)
     return tasks_lib.evaluate_task(self.params, self.cfg,
                                    getattr(task, split),
-                                   interventions=interventions)
+                                   interventions=interventions,
+                                   calibration=calibration)
 
   def circuit(self, task_name: str) -> "Circuit":
     """WORKDIR/circuits/<task>/circuit.json with the means it was pruned
@@ -301,9 +304,17 @@ class Circuit:
     return tasks_lib.build_all(cfg, self.run.tokenizer,
                                names=[self.name])[self.name]
 
-  def evaluate(self, split: str = "test") -> dict:
-    """{loss, accuracy, n} of the circuit alone (uncalibrated)."""
-    return self.run.evaluate(self.task(), self.apply(), split)
+  @property
+  def calibration(self) -> dict:
+    """The logit scale (> 0) and shift fitted on the task's train pairs."""
+    return self.doc["calibration"]
+
+  def evaluate(self, split: str = "test", calibrated: bool = False) -> dict:
+    """{loss, accuracy, n} of the circuit alone; calibrated=True applies its
+    stored calibration (circuit.json's `circuit` loss on the test split,
+    uncalibrated its `circuit_uncalibrated`)."""
+    return self.run.evaluate(self.task(), self.apply(), split,
+                             self.calibration if calibrated else None)
 
 
 def load(workdir: str, step: int | None = None, overlay=None,

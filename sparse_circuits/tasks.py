@@ -342,10 +342,14 @@ def _logit_diff(logits_NxV, target_N, alternative_N):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _stats(params, tokens_BxT, last_B, target_B, alternative_B, interventions,
-           cfg):
+           scale_shift, cfg):
   logits_Bx1xV, _ = model_lib.forward(params, tokens_BxT, cfg, interventions,
                                       read_at=last_B)
   d_B = _logit_diff(logits_Bx1xV[:, 0], target_B, alternative_B)
+  # A pruned circuit's calibration (search.calibration_sign): a*d + b*sign,
+  # sign = +1 where the target is the lower token id.
+  sign_B = jnp.where(target_B < alternative_B, 1.0, -1.0)
+  d_B = scale_shift[0] * d_B + scale_shift[1] * sign_B
   return jax.nn.softplus(-d_B), d_B > 0
 
 
@@ -361,21 +365,26 @@ def _pad_columns(tokens_NxT, multiple: int, cap: int, fill: int):
 
 
 def evaluate_task(params, cfg: model_lib.ModelConfig, data: TaskData,
-                  batch_size: int = 256, interventions=None) -> dict:
+                  batch_size: int = 256, interventions=None,
+                  calibration=None) -> dict:
   """Task loss and accuracy at each prompt's last position: {loss, accuracy,
-  n}."""
+  n}. calibration: a circuit's {"scale", "shift"} (circuit.json), applied to
+  the logit difference as pruning scored it."""
   n = len(data.target)
   if n == 0:
     return dict(loss=math.nan, accuracy=math.nan, n=0)
   # The fill value is never read: it sits after every prompt.
   tokens = _pad_columns(data.tokens, 64, cfg.block_size, fill=0)
   bs = min(batch_size, n)
+  scale_shift = jnp.asarray(
+      [1.0, 0.0] if calibration is None else
+      [calibration["scale"], calibration["shift"]], jnp.float32)
   losses, correct = [], []
   for start in range(0, n, bs):
     idx = np.arange(start, start + bs) % n  # the last batch wraps around
     loss_B, ok_B = _stats(params, tokens[idx], data.last[idx],
                           data.target[idx], data.alternative[idx],
-                          interventions, cfg)
+                          interventions, scale_shift, cfg)
     k = min(bs, n - start)
     losses.append(np.asarray(loss_B)[:k])
     correct.append(np.asarray(ok_B)[:k])

@@ -76,6 +76,16 @@ def test_readme_example_runs_and_reproduces_the_circuit_loss(
   np.testing.assert_allclose(ns["full"]["loss"], circ.losses["full_model"],
                              atol=1e-4)
   assert abs(ns["alone"]["loss"] - ns["full"]["loss"]) > 1e-3
+  # With its stored calibration (scale > 0, fitted on train), circuit.json's
+  # calibrated test loss; a calibration of (1, 0) is the uncalibrated one.
+  cal = circ.evaluate(calibrated=True)
+  assert circ.calibration["scale"] > 0
+  np.testing.assert_allclose(cal["loss"], circ.losses["circuit"], atol=1e-4)
+  np.testing.assert_allclose(
+      circ.evaluate()["loss"], circ.losses["circuit_uncalibrated"], atol=1e-4)
+  ident = run.evaluate(circ.task(), circ.apply(),
+                       calibration={"scale": 1.0, "shift": 0.0})
+  np.testing.assert_allclose(ident["loss"], ns["alone"]["loss"], atol=1e-6)
   # Captures have the model's widths; the intervened logits differ.
   assert ns["cache"]["1.mlp.post_act"].shape == (1, len(ns["ids"]),
                                                  run.cfg.d_mlp)
