@@ -151,6 +151,21 @@ def _load_manifest(path: epath.Path) -> dict:
     return {}
 
 
+def manifest_tokenizer_dir(data_dir, manifest: dict) -> str:
+  """The tokenizer a run's data was built with: its own (DATA/tokenizer,
+  wherever the workdir now is) or the external one the manifest names.
+  Manifests written before `tokenizer_own` stored the own one by a path
+  relative to the working directory of the time: it counts as own when it
+  ends in data/tokenizer and the run has that folder."""
+  data_dir = epath.Path(data_dir)
+  stored = manifest.get("tokenizer_dir") or ""
+  own = manifest.get("tokenizer_own")
+  if own is None:
+    own = (not stored or epath.Path(stored).parts[-2:] == ("data", "tokenizer")
+           and (data_dir / "tokenizer").exists())
+  return str(data_dir / "tokenizer") if own else stored
+
+
 def prepare(config, workdir, reuse: bool = False) -> DataInfo:
   """Builds (or reuses) the tokenizer and token shards under WORKDIR/data.
 
@@ -164,7 +179,11 @@ def prepare(config, workdir, reuse: bool = False) -> DataInfo:
   old = _load_manifest(manifest_path)
   train_path, eval_path = data_dir / "train.zarr", data_dir / "eval.zarr"
   if reuse and old and train_path.exists():
-    tok_dir = old["tokenizer_dir"]
+    tok_dir = manifest_tokenizer_dir(data_dir, old)
+    if not (epath.Path(tok_dir) / tokenizer_lib.ENCODER_FILE).exists():
+      raise DataError(f"{data_dir} was built with the tokenizer in {tok_dir}, "
+                      "which is missing", hint="point "
+                      "--config.data.tokenizer_dir at a copy of it")
     if tokenizer_lib.load(tok_dir).sha256 != old["tokenizer_sha256"]:
       raise DataError(f"{tok_dir} changed since this run's data was built")
     return DataInfo(tok_dir, str(train_path), str(eval_path),
@@ -173,8 +192,12 @@ def prepare(config, workdir, reuse: bool = False) -> DataInfo:
   fingerprint = corpus.fingerprint()
   start = time.time()
 
-  tok_dir = config.data.tokenizer_dir or str(data_dir / "tokenizer")
   own = not config.data.tokenizer_dir
+  # An external tokenizer is recorded by its absolute path, the run's own
+  # relative to the data folder: a run stays readable from any working
+  # directory and after its workdir is moved.
+  tok_dir = (str(data_dir / "tokenizer") if own
+             else os.path.abspath(config.data.tokenizer_dir))
   recipe = _tokenizer_recipe(config) if own else "external"
   tok_fresh = (old.get("corpus_fingerprint") == fingerprint
                and old.get("tokenizer_recipe") == recipe
@@ -213,7 +236,8 @@ def prepare(config, workdir, reuse: bool = False) -> DataInfo:
       "sources": list(corpus.sources), "build_seconds": time.time() - start,
   }
   manifest_path.write_text(json.dumps(
-      {**key, "tokenizer_dir": str(tok_dir), "summary": summary}, indent=1))
+      {**key, "tokenizer_dir": str(tok_dir), "tokenizer_own": own,
+       "summary": summary}, indent=1))
   return DataInfo(tok_dir, str(train_path), str(eval_path),
                   dict(summary, rebuilt=True))
 

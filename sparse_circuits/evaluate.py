@@ -5,8 +5,11 @@ model's shape, the data and the tokenizer come from the config stored in that
 checkpoint (so they always match the parameters); the task settings
 (`tasks.*`) and the number of held-out batches come from the config on the
 command line. Writes WORKDIR/eval_summary.json:
-  {"lm_loss": float, "step": int, "tasks": {name: {"loss", "accuracy", "n"}},
+  {"lm_loss": float, "step": int,
+   "tasks": {name: {"loss", "accuracy", "pair_accuracy", "n"}},
    "skipped": {name: reason}}
+(`pair_accuracy`: the share of pairs whose logit difference moves towards
+each prompt's own answer, tasks.evaluate_task.)
 with the paper's tasks first. A task whose candidates the run's tokenizer
 cannot compare (see tasks.py) is skipped with its reason; the others still run.
 """
@@ -37,7 +40,7 @@ def format_table(summary: dict) -> str:
   """Paper tasks first, then the others, each group with its mean; a `*`
   marks a task a bigram model solves; skipped tasks with their reason."""
   results = summary["tasks"]
-  rows = [f"{'task':<31} {'loss':>8} {'accuracy':>9} {'n':>6}"]
+  rows = [f"{'task':<31} {'loss':>8} {'accuracy':>9} {'pairs':>7} {'n':>6}"]
   paper = [n for n in task_suite.PAPER_TASKS if n in results]
   groups = (("paper tasks", paper),
             ("other tasks", [n for n in results if n not in paper]))
@@ -46,8 +49,10 @@ def format_table(summary: dict) -> str:
       r = results[name]
       gen = task_suite.GENERATORS.get(name)
       mark = "*" if gen and not gen.bigram_proof else ""
+      pa = r.get("pair_accuracy", float("nan"))
       rows.append(f"{name + mark:<31} {r['loss']:>8.4f} "
-                  f"{100 * r['accuracy']:>8.1f}% {r['n']:>6}")
+                  f"{100 * r['accuracy']:>8.1f}% {100 * pa:>6.1f}% "
+                  f"{r['n']:>6}")
     if names:
       acc = np.mean([results[n]["accuracy"] for n in names])
       loss = np.mean([results[n]["loss"] for n in names])
@@ -56,6 +61,9 @@ def format_table(summary: dict) -> str:
   if paper:
     good = sum(results[n]["accuracy"] >= 0.8 for n in paper)
     rows.append(f"paper tasks at >= 80% accuracy: {good} of {len(paper)}")
+    pairs = sum(results[n].get("pair_accuracy", 0) >= 0.8 for n in paper)
+    rows.append(f"paper tasks whose pairs move the right way (>= 80% of "
+                f"pairs): {pairs} of {len(paper)}")
   if any(not g.bigram_proof for n, g in task_suite.GENERATORS.items()
          if n in results):
     rows.append("* the decisive token is the prompt's last one: a bigram "

@@ -145,8 +145,10 @@ def tokenizer_dir(config, workdir: str) -> str:
     return config.data.tokenizer_dir
   manifest = os.path.join(workdir, "data", "manifest.json")
   if os.path.exists(manifest):
+    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
     with open(manifest) as f:
-      return json.load(f).get("tokenizer_dir") or os.path.dirname(manifest)
+      return data.manifest_tokenizer_dir(os.path.dirname(manifest),
+                                         json.load(f))
   return os.path.join(workdir, "data", "tokenizer")
 
 

@@ -350,7 +350,7 @@ def _stats(params, tokens_BxT, last_B, target_B, alternative_B, interventions,
   # sign = +1 where the target is the lower token id.
   sign_B = jnp.where(target_B < alternative_B, 1.0, -1.0)
   d_B = scale_shift[0] * d_B + scale_shift[1] * sign_B
-  return jax.nn.softplus(-d_B), d_B > 0
+  return jax.nn.softplus(-d_B), d_B
 
 
 def _pad_columns(tokens_NxT, multiple: int, cap: int, fill: int):
@@ -368,25 +368,52 @@ def evaluate_task(params, cfg: model_lib.ModelConfig, data: TaskData,
                   batch_size: int = 256, interventions=None,
                   calibration=None) -> dict:
   """Task loss and accuracy at each prompt's last position: {loss, accuracy,
-  n}. calibration: a circuit's {"scale", "shift"} (circuit.json), applied to
-  the logit difference as pruning scored it."""
+  pair_accuracy, n}. calibration: a circuit's {"scale", "shift"}
+  (circuit.json), applied to the logit difference as pruning scored it.
+
+  pair_accuracy: the fraction of pairs (two prompts with swapped candidates)
+  whose logit difference favours each prompt's own target more than the
+  other prompt does (d_a + d_b > 0): the contrast, whatever prior one
+  candidate has; NaN without pairs."""
   n = len(data.target)
   if n == 0:
-    return dict(loss=math.nan, accuracy=math.nan, n=0)
+    return dict(loss=math.nan, accuracy=math.nan, pair_accuracy=math.nan,
+                n=0)
   # The fill value is never read: it sits after every prompt.
   tokens = _pad_columns(data.tokens, 64, cfg.block_size, fill=0)
   bs = min(batch_size, n)
   scale_shift = jnp.asarray(
       [1.0, 0.0] if calibration is None else
       [calibration["scale"], calibration["shift"]], jnp.float32)
-  losses, correct = [], []
+  losses, diffs = [], []
   for start in range(0, n, bs):
     idx = np.arange(start, start + bs) % n  # the last batch wraps around
-    loss_B, ok_B = _stats(params, tokens[idx], data.last[idx],
-                          data.target[idx], data.alternative[idx],
-                          interventions, scale_shift, cfg)
+    loss_B, d_B = _stats(params, tokens[idx], data.last[idx],
+                         data.target[idx], data.alternative[idx],
+                         interventions, scale_shift, cfg)
     k = min(bs, n - start)
     losses.append(np.asarray(loss_B)[:k])
-    correct.append(np.asarray(ok_B)[:k])
+    diffs.append(np.asarray(d_B)[:k])
+  d = np.concatenate(diffs)
   return dict(loss=float(np.mean(np.concatenate(losses))),
-              accuracy=float(np.mean(np.concatenate(correct))), n=n)
+              accuracy=float(np.mean(d > 0)),
+              pair_accuracy=pair_accuracy(data, d), n=n)
+
+
+def swapped_pairs(data: TaskData) -> np.ndarray:
+  """[P, 2] row indices of the pairs whose two prompts swap candidates."""
+  rows = {}
+  for i, p in enumerate(data.pair):
+    rows.setdefault(int(p), []).append(i)
+  out = [(a, b) for a, b in (r for r in rows.values() if len(r) == 2)
+         if data.target[a] == data.alternative[b]
+         and data.alternative[a] == data.target[b]]
+  return np.asarray(out, np.int64).reshape(-1, 2)
+
+
+def pair_accuracy(data: TaskData, d_N) -> float:
+  pairs = swapped_pairs(data)
+  if not len(pairs):
+    return math.nan
+  d = np.asarray(d_N)
+  return float(np.mean(d[pairs[:, 0]] + d[pairs[:, 1]] > 0))

@@ -311,10 +311,10 @@ def _eval_table(path: pathlib.Path) -> str:
     return (f'<p class="warn">{html.escape(str(path))} unreadable: '
             f"{html.escape(str(err))}</p>")
   rows = [[html.escape(str(k)), _f(v.get("loss")), _f(v.get("accuracy"), 3),
-           html.escape(str(v.get("n", "—")))]
+           _f(v.get("pair_accuracy"), 3), html.escape(str(v.get("n", "—")))]
           for k, v in sorted((summary.get("tasks") or {}).items())]
   return (f'<p>LM loss (held-out): <b>{_f(summary.get("lm_loss"))}</b></p>'
-          + _table(["Task", "Loss", "Accuracy", "n"], rows))
+          + _table(["Task", "Loss", "Accuracy", "Pairs right", "n"], rows))
 
 
 def _circuit_row(wd: pathlib.Path, path: pathlib.Path, c: dict) -> list[str]:

@@ -208,6 +208,33 @@ def test_summary_and_manifest(tiny_data, tmp_path):
   assert again.summary["rebuilt"] and again.summary["files"] == 6
 
 
+def test_a_moved_workdir_finds_its_own_tokenizer(tiny_data, tmp_path,
+                                                monkeypatch):
+  """The own tokenizer is found relative to the data, from any working
+  directory; so is the one of a manifest from before `tokenizer_own` (a
+  path relative to the cwd of the time). A missing tokenizer is an error
+  that names it."""
+  config, info = tiny_data
+  src = os.path.dirname(os.path.dirname(info.train_path))  # the workdir
+  moved = tmp_path / "elsewhere" / "run"
+  shutil.copytree(src, moved)
+  monkeypatch.chdir(tmp_path)
+  got = data.prepare(config, str(moved), reuse=True)
+  assert got.tokenizer_dir == str(moved / "data" / "tokenizer")
+  assert not got.summary["rebuilt"]
+  manifest = moved / "data" / "manifest.json"
+  old = json.loads(manifest.read_text())
+  old.pop("tokenizer_own")
+  old["tokenizer_dir"] = "runs/tiny/data/tokenizer"  # cwd-relative, stale
+  manifest.write_text(json.dumps(old))
+  assert data.prepare(config, str(moved), reuse=True).tokenizer_dir == str(
+      moved / "data" / "tokenizer")
+  old["tokenizer_own"], old["tokenizer_dir"] = False, str(tmp_path / "gone")
+  manifest.write_text(json.dumps(old))
+  with pytest.raises(data.DataError, match="gone.*missing"):
+    data.prepare(config, str(moved), reuse=True)
+
+
 def test_heldout_texts_are_heldout_documents(tiny_data):
   config, info = tiny_data
   texts = _heldout_texts(info, 3)

@@ -177,6 +177,29 @@ def test_bigram_only_model_scores_exactly_chance(built, tok):
       r = tasks.evaluate_task(params, cfg, d, batch_size=N_TEST)
       assert r["accuracy"] == 0.5, (name, split, r)
       assert r["n"] == len(d) and math.isfinite(r["loss"])
+      # Both prompts of a pair see the same logits: d_a + d_b is exactly 0,
+      # so no pair moves towards its own answer.
+      assert r["pair_accuracy"] == 0.0, (name, split, r)
+
+
+def test_pair_accuracy_counts_the_contrast_not_the_prior():
+  """Pairs (0, 1) and (2, 3) swap candidates; row 4 is a pair of its own
+  and does not count. A prior for candidate 7 that wins on both prompts of
+  pair 0 leaves accuracy at 1/2 there but the contrast right."""
+  d = tasks.TaskData(tokens=np.zeros((5, 3), np.int32),
+                     target=np.asarray([7, 9, 7, 9, 7], np.int32),
+                     alternative=np.asarray([9, 7, 9, 7, 9], np.int32),
+                     pair=np.asarray([0, 0, 1, 1, 2], np.int32),
+                     texts=[""] * 5)
+  np.testing.assert_array_equal(tasks.swapped_pairs(d), [[0, 1], [2, 3]])
+  # pair 0: +3 and -1 (the prior for 7 wins on row 1), sum > 0: right;
+  # pair 1: -2 and +1, sum < 0: wrong.
+  assert tasks.pair_accuracy(d, [3.0, -1.0, -2.0, 1.0, 5.0]) == 0.5
+  assert tasks.pair_accuracy(d, [1.0, -1.0, 1.0, -1.0, 5.0]) == 0.0
+  lone = tasks.TaskData(tokens=np.zeros((1, 3), np.int32),
+                        target=np.asarray([7]), alternative=np.asarray([9]),
+                        pair=np.asarray([0]), texts=[""])
+  assert math.isnan(tasks.pair_accuracy(lone, [1.0]))
 
 
 def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
@@ -412,7 +435,7 @@ def test_evaluate_run_reports_skipped_tasks_and_runs_the_rest(
   assert list(written["tasks"]) == ["single_double_quote", "else_elif",
                                     "list_or_int"]
   for name, r in written["tasks"].items():
-    assert set(r) == {"loss", "accuracy", "n"}, name
+    assert set(r) == {"loss", "accuracy", "pair_accuracy", "n"}, name
     assert math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1, name
     assert r["n"] == 4, name
   assert list(written["skipped"]) == ["multi"]
