@@ -401,9 +401,11 @@ def evaluate_task(params, cfg: model_lib.ModelConfig, data: TaskData,
 
 
 def swapped_pairs(data: TaskData) -> np.ndarray:
-  """[P, 2] row indices of the pairs whose two prompts swap candidates."""
+  """[P, 2] row indices of the pairs whose two prompts swap candidates
+  (none for data without pair ids)."""
+  pair = getattr(data, "pair", None)
   rows = {}
-  for i, p in enumerate(data.pair):
+  for i, p in enumerate(() if pair is None else pair):
     rows.setdefault(int(p), []).append(i)
   out = [(a, b) for a, b in (r for r in rows.values() if len(r) == 2)
          if data.target[a] == data.alternative[b]
