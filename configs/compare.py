@@ -7,12 +7,10 @@
 Default (CPU, the tiny model's shape and budget: 2 layers, context 64,
 900 steps of 64 x 64 tokens): weight-sparse at d_model 128 keeping 1/4 and
 1/8 of the hidden weights (the tiny config and half its L0), dense at
-d_model 64 and 128. Estimated at 75 min at most on 2 idle cores: data
-1.5 min; training 6 min per sparse model (README), 4.4 min dense 128 (its
-step is 282/382 of the sparse one), about 2 min dense 64; eval about 1 min
-each; pruning about 1.5 min per circuit (the search at 8 settings, no
-controls; measured 255-303 s on a loaded machine, about 3x slower than
-idle), 8 tasks x 4 models at most. `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
+d_model 32, 64 and 128. Measured on 2 cores (README, "Compare"): its
+stages add up to 45 min (training 1.3-7.5 min per model, eval seconds,
+pruning 5-126 s per circuit at 8 settings without controls, 4 tasks x 5
+models). `smoke`: a few steps on a 2.5 MB corpus, two tasks, tiny
 widths, weight sparsity without activation top-k, every task counted as
 learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`:
 the same experiment at accelerator size (4 layers, context 256, d_model up
