@@ -161,8 +161,8 @@ def manifest_tokenizer_dir(data_dir, manifest: dict) -> str:
   stored = manifest.get("tokenizer_dir") or ""
   own = manifest.get("tokenizer_own")
   if own is None:
-    own = (not stored or epath.Path(stored).parts[-2:] == ("data", "tokenizer")
-           and (data_dir / "tokenizer").exists())
+    own = not stored or (epath.Path(stored).parts[-2:] == ("data", "tokenizer")
+                         and (data_dir / "tokenizer").exists())
   return str(data_dir / "tokenizer") if own else stored
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
+from sparse_circuits import search
 from sparse_circuits import task_suite
 from sparse_circuits.errors import ConfigError, TaskFileError, UserError
 
@@ -341,14 +342,12 @@ def _logit_diff(logits_NxV, target_N, alternative_N):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _stats(params, tokens_BxT, last_B, target_B, alternative_B, interventions,
-           scale_shift, cfg):
+def _stats(params, tokens_BxT, last_B, target_B, alternative_B, sign_B,
+           interventions, scale_shift, cfg):
   logits_Bx1xV, _ = model_lib.forward(params, tokens_BxT, cfg, interventions,
                                       read_at=last_B)
   d_B = _logit_diff(logits_Bx1xV[:, 0], target_B, alternative_B)
-  # A pruned circuit's calibration (search.calibration_sign): a*d + b*sign,
-  # sign = +1 where the target is the lower token id.
-  sign_B = jnp.where(target_B < alternative_B, 1.0, -1.0)
+  # A pruned circuit's calibration: a*d + b*sign (search.calibration_sign).
   d_B = scale_shift[0] * d_B + scale_shift[1] * sign_B
   return jax.nn.softplus(-d_B), d_B
 
@@ -385,11 +384,13 @@ def evaluate_task(params, cfg: model_lib.ModelConfig, data: TaskData,
   scale_shift = jnp.asarray(
       [1.0, 0.0] if calibration is None else
       [calibration["scale"], calibration["shift"]], jnp.float32)
+  sign = search.calibration_sign(data.target, data.alternative).astype(
+      np.float32)
   losses, diffs = [], []
   for start in range(0, n, bs):
     idx = np.arange(start, start + bs) % n  # the last batch wraps around
     loss_B, d_B = _stats(params, tokens[idx], data.last[idx],
-                         data.target[idx], data.alternative[idx],
+                         data.target[idx], data.alternative[idx], sign[idx],
                          interventions, scale_shift, cfg)
     k = min(bs, n - start)
     losses.append(np.asarray(loss_B)[:k])
