@@ -120,25 +120,28 @@ def _quiet_abandoned_reads() -> None:
   TensorStore's threads, find the loop closed, and every one of them prints
   a traceback ("Event loop is closed", then the read's own error when its
   coroutine is collected, often at exit: "Python is likely shutting down").
-  The failure itself has been reported (one line); this drops exactly those
-  reports, from the first failed restore on.
+  A failure itself is reported (one line); this drops exactly those reports.
+
+  It is installed before the first restore is tried, not after one fails:
+  the abandoned reads may complete while the failure is still propagating
+  (seen on a slow 2-core machine), so a hook set up afterwards is too late.
   """
   global _QUIET
-  if not _QUIET:
-    _QUIET = True
-    previous = sys.unraisablehook
+  if _QUIET:
+    return
+  _QUIET = True
+  previous = sys.unraisablehook
 
-    def hook(u):
-      code = getattr(u.object, "cr_code", None)
-      if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
-        return  # an abandoned read's coroutine, collected
-      if (isinstance(u.exc_value, RuntimeError) and
-          str(u.exc_value) == "Event loop is closed"):
-        return  # an abandoned read completing into the closed loop
-      previous(u)
+  def hook(u):
+    code = getattr(u.object, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return  # an abandoned read's coroutine, collected
+    if (isinstance(u.exc_value, RuntimeError) and
+        str(u.exc_value) == "Event loop is closed"):
+      return  # an abandoned read completing into the closed loop
+    previous(u)
 
-    sys.unraisablehook = hook
-  gc.collect()  # now rather than at exit
+  sys.unraisablehook = hook
 
 
 _QUIET = False
@@ -167,6 +170,7 @@ def restore_newest(mngr, restore_step: Callable[[int], Any],
   steps = [step] if step is not None else sorted(mngr.all_steps(),
                                                  reverse=True)
   failed = []
+  _quiet_abandoned_reads()
   for s in steps:
     try:
       out, why = restore_step(s), None
@@ -175,7 +179,7 @@ def restore_newest(mngr, restore_step: Callable[[int], Any],
     except Exception as e:  # pylint: disable=broad-except
       out, why = None, _why(e)  # Orbax/TensorStore raise many types
     if why is not None:
-      _quiet_abandoned_reads()
+      gc.collect()  # the abandoned reads' coroutines: now, not at exit
     # A step counts as readable only if every host read its shards of it.
     if not distributed.all_true(why is None):
       failed.append((s, why or "another process could not read it"))
