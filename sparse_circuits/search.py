@@ -27,7 +27,19 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-EVAL_CHUNK = 4  # node sets per evaluation call: bounds memory, one compile
+EVAL_CHUNK = 4  # node sets per evaluation call at most: bounds memory
+
+
+def call_rows(n_left: int) -> int:
+  """Node sets one evaluation call computes when n_left remain: the largest
+  power of two that fits, at most EVAL_CHUNK, so nothing is ever padded.
+  (Padding a lone node set to EVAL_CHUNK cost 4x its work, and the k search
+  mostly probes one or two settings a round.) Three shapes, compiled once
+  each."""
+  rows = 1
+  while rows * 2 <= min(n_left, EVAL_CHUNK):
+    rows *= 2
+  return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,19 +248,18 @@ class Pruner:
 
   def diffs(self, keep_MxN, data, labels=None):
     """Logit differences [M, rows] with everything outside each node set
-    mean-ablated; EVAL_CHUNK node sets per call."""
+    mean-ablated; at most EVAL_CHUNK node sets per call (`call_rows`)."""
     keep = np.asarray(keep_MxN, np.float32).reshape(-1, self.n_nodes)
     target, alt = self._labels(data, len(keep), labels)
     tokens, out = jnp.asarray(data.tokens), []
     last = read_positions(data)
-    for i in range(0, len(keep), EVAL_CHUNK):
-      sl = slice(i, i + EVAL_CHUNK)
-      pad = EVAL_CHUNK - len(keep[sl])
-      chunk = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge")
-               for x in (keep[sl], target[sl], alt[sl])]
-      d = self._diffs(*map(jnp.asarray, chunk[:1]), tokens, last,
-                      *map(jnp.asarray, chunk[1:]), self.params, self.means)
-      out.append(np.asarray(d)[:EVAL_CHUNK - pad])
+    i = 0
+    while i < len(keep):
+      sl = slice(i, i + call_rows(len(keep) - i))
+      out.append(np.asarray(self._diffs(
+          jnp.asarray(keep[sl]), tokens, last, jnp.asarray(target[sl]),
+          jnp.asarray(alt[sl]), self.params, self.means)))
+      i = sl.stop
     return np.concatenate(out) if out else np.zeros((0, len(data.target)))
 
   def scores(self, keep_MxN, train, test=None, labels=None, test_labels=None,

@@ -231,6 +231,27 @@ def test_mean_ablating_everything_equals_direct_computation():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_node_sets_evaluated_together_equal_each_alone():
+  """7 node sets go as calls of 4, 2 and 1, never padded (a lone set padded
+  to 4 was 4x its work); every row equals that set evaluated alone."""
+  pruner, data = _pruner(), task_data()
+  assert [S.call_rows(n) for n in (1, 2, 3, 4, 5, 7)] == [1, 2, 2, 4, 4, 4]
+  rng = np.random.default_rng(0)
+  keep = rng.random((7, pruner.n_nodes)) < 0.7
+  keep[:, _flat(pruner, CIRCUIT)] = True
+  for i in range(1, 7, 2):  # every other set misses one circuit node
+    keep[i, _flat(pruner, [sorted(CIRCUIT)[i % len(CIRCUIT)]])] = False
+  calls = []
+  program = pruner._diffs
+  pruner._diffs = lambda k, *a: calls.append(k.shape[0]) or program(k, *a)
+  together = pruner.diffs(keep, data)
+  assert calls == [4, 2, 1]
+  alone = np.concatenate([pruner.diffs(keep[i:i + 1], data) for i in range(7)])
+  np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(together[0], together[1])  # the sets do differ
+  assert not np.allclose(together[4], together[5])
+
+
 def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():
   pc = prune_config(sweep_size=17, sweep_k_coef=(1e-4, 1e-2),
                     sweep_lr=(1e-3, 1e-1), sweep_temperature=(0.05,),
