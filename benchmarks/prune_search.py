@@ -62,8 +62,7 @@ def _timed(fn):
 
 def scaling(pruner, task, settings, sizes):
   """Seconds of mask training and of the k search: S settings at once vs
-  S single-setting runs in a row."""
-  rows = []
+  S single-setting runs in a row; one row per size, as each is measured."""
   for s in sizes:
     group = settings[:s]
     run_all = lambda g=group: pruner.train(task.train, g, progress=False)
@@ -77,9 +76,8 @@ def scaling(pruner, task, settings, sizes):
     t_search, _ = _timed(lambda: pruner.search(tau, task.train, target))
     t_search_loop = sum(_timed(lambda i=i: pruner.search(
         tau[i:i + 1], task.train, target))[0] for i in range(s))
-    rows.append(dict(settings=s, train_vmap_s=t_vmap, train_loop_s=t_loop,
-                     search_batched_s=t_search, search_loop_s=t_search_loop))
-  return rows
+    yield dict(settings=s, train_vmap_s=t_vmap, train_loop_s=t_loop,
+               search_batched_s=t_search, search_loop_s=t_search_loop)
 
 
 def main(argv=None):
@@ -118,7 +116,8 @@ def main(argv=None):
     print(f"{r['settings']:>8} {r['train_vmap_s']:>12.2f} s "
           f"{r['train_loop_s']:>9.2f} s "
           f"{r['train_loop_s'] / r['train_vmap_s']:>6.2f} "
-          f"{r['search_batched_s']:>15.2f} s {r['search_loop_s']:>12.2f} s")
+          f"{r['search_batched_s']:>15.2f} s {r['search_loop_s']:>12.2f} s",
+          flush=True)
   print(f"(mask training: {args.steps} steps; a task's sweep runs "
         f"{pc.steps})")
 
