@@ -75,7 +75,6 @@ def _reader(workdir: str):
 def save(mngr, step: int, params, opt_state, config, data_iter=None,
          extras=None):
   """`extras`: {name in EXTRA_ITEMS: tree} saved beside the params."""
-  import grain  # pylint: disable=g-import-not-at-top
   items = dict(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
@@ -83,7 +82,8 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None,
                               "config": json.loads(config.to_json())}),
       **{k: ocp.args.StandardSave(v) for k, v in (extras or {}).items()})
   if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+    items["data"] = data.checkpoint_args(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items))
 
 
@@ -208,7 +208,6 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None,
   restores completely, restored onto the abstract shardings; (None, None)
   when there is no checkpoint. With `abstract_extras` ({name: tree}),
   meta["extras"] holds those items."""
-  import grain  # pylint: disable=g-import-not-at-top
 
   def restore_step(s):
     # The parameters' shapes say whether the checkpoint fits the config (the
@@ -223,7 +222,8 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None,
     if abstract_opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
     if data_iter is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      from sparse_circuits import data  # pylint: disable=g-import-not-at-top
+      items["data"] = data.checkpoint_args(data_iter, restore=True)
     out = mngr.restore(s, args=ocp.args.Composite(**items))
     meta = dict(out["meta"])
     if abstract_extras:

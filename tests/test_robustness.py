@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -126,9 +127,9 @@ def test_reads_abandoned_by_a_failed_restore_print_nothing(
     if s == 2:
       abandoned_read()  # before the failure propagates
       raise OSError("OUT_OF_RANGE: a truncated file")
-    sys.unraisablehook(type("U", (), dict(  # anything else still reported
+    sys.unraisablehook(types.SimpleNamespace(  # anything else: reported
         exc_type=ValueError, exc_value=ValueError("x"), object=None,
-        exc_traceback=None, err_msg=None))())
+        exc_traceback=None, err_msg=None))
     return "params"
 
   class Manager:
