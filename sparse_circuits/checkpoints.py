@@ -20,6 +20,7 @@ shapes do not match the config is a config error, never "damage".
 
 import gc
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -119,8 +120,10 @@ def _quiet_abandoned_reads() -> None:
   and closes it as soon as one read fails. The other reads finish later in
   TensorStore's threads, find the loop closed, and every one of them prints
   a traceback ("Event loop is closed", then the read's own error when its
-  coroutine is collected, often at exit: "Python is likely shutting down").
-  A failure itself is reported (one line); this drops exactly those reports.
+  coroutine is collected, often at exit: "Python is likely shutting down"),
+  and every read that failed too is logged by asyncio as "Task exception was
+  never retrieved" when its task is collected. A failure itself is reported
+  (one line); this drops exactly those reports.
 
   It is installed before the first restore is tried, not after one fails:
   the abandoned reads may complete while the failure is still propagating
@@ -142,6 +145,26 @@ def _quiet_abandoned_reads() -> None:
     previous(u)
 
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_drop_abandoned_read_errors)
+
+
+def _drop_abandoned_read_errors(record: logging.LogRecord) -> bool:
+  """A logging filter for asyncio's logger: False (drop) for the report of an
+  abandoned restore read whose exception nobody retrieved ("Task exception
+  was never retrieved" once its task is collected). Only errors raised inside
+  Orbax's read/restore functions are dropped; a failed save still shows."""
+  exc = record.exc_info[1] if record.exc_info else None
+  seen = 0
+  while exc is not None and seen < 8:  # the error and what it was raised from
+    tb = exc.__traceback__
+    while tb is not None:
+      code = tb.tb_frame.f_code
+      if (f"{os.sep}orbax{os.sep}" in code.co_filename and
+          ("read" in code.co_name or "restore" in code.co_name)):
+        return False
+      tb = tb.tb_next
+    exc, seen = exc.__cause__ or exc.__context__, seen + 1
+  return True
 
 
 _QUIET = False
