@@ -198,11 +198,7 @@ class StageLog:
   def record(self, key: str, fp: str, seconds: float):
     self.stages[key] = {"fingerprint": fp, "seconds": round(seconds, 2),
                         "finished": time.time()}
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.stages, f, indent=1)
-    os.replace(tmp, self.path)
+    reporting.write_json(self.path, self.stages)
 
 
 def _read_json(path):
@@ -592,9 +588,8 @@ def run(config, workdir: str) -> dict:
   summary["seconds"] = {"this_invocation": time.perf_counter() - t0,
                         "stages": sum(s["seconds"]
                                       for s in log.stages.values())}
-  path = os.path.join(out_dir, "summary.json")
-  with open(path, "w") as f:
-    json.dump(_finite(summary), f, indent=1, allow_nan=False)
+  path = reporting.write_json(os.path.join(out_dir, "summary.json"),
+                              _finite(summary), allow_nan=False)
   page = compare_page.write(summary, out_dir)
   _log.info(f"{format_table(summary)}\nwrote {path} and {page}")
   return summary

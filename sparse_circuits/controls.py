@@ -17,12 +17,12 @@ its controls do not support.
 """
 
 import dataclasses
-import json
 import math
 import os
 
 import numpy as np
 
+from sparse_circuits import reporting
 from sparse_circuits import search
 
 
@@ -222,9 +222,7 @@ def _fmt(x):
 def write_summary(workdir, plan, pc):
   """WORKDIR/circuits/prune_summary.json: every task asked for, pruned or
   skipped and why, for the run report."""
-  path = os.path.join(workdir, "circuits", "prune_summary.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"min_accuracy": pc.min_accuracy, "target_loss": pc.target_loss,
-               "tasks": plan}, f, indent=1, default=float)
-  return path
+  return reporting.write_json(
+      os.path.join(workdir, "circuits", "prune_summary.json"),
+      {"min_accuracy": pc.min_accuracy, "target_loss": pc.target_loss,
+       "tasks": plan}, default=float)

@@ -39,6 +39,11 @@ class TaskFileError(UserError, ValueError):
   """A user task file (JSONL) with a bad row."""
 
 
+class RunFileError(UserError, FileNotFoundError):
+  """A workdir, or a file an earlier mode writes into it, is missing or
+  unreadable (the message names it and the mode that writes it)."""
+
+
 class WorkdirLockedError(UserError, RuntimeError):
   """Another training process holds the workdir."""
 

@@ -14,7 +14,6 @@ with the paper's tasks first. A task whose candidates the run's tokenizer
 cannot compare (see tasks.py) is skipped with its reason; the others still run.
 """
 
-import json
 import os
 
 import jax
@@ -93,9 +92,8 @@ def run(config, workdir: str) -> dict:
   summary = {"lm_loss": lm, "step": r.step, "tasks": results,
              "skipped": skipped}
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "eval_summary.json")
-    with open(path, "w") as f:
-      json.dump(summary, f, indent=1)
+    path = reporting.write_json(os.path.join(workdir, "eval_summary.json"),
+                                summary)
     _log.info(f"eval of {workdir} at step {r.step}: held-out LM loss {lm:.4f}\n"
           f"{format_table(summary)}\nwrote {path}")
   return summary

@@ -333,11 +333,9 @@ def run(config, workdir: str):
     doc["seconds"] = {**res["seconds"], **clock.laps}
     doc["prune_seconds"] = time.perf_counter() - t0
     doc["flags"] = controls.flags(doc)
-    out_dir = os.path.join(workdir, "circuits", name)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "circuit.json")
-    with open(path, "w") as f:
-      json.dump(doc, f, indent=1, default=_json_default)
+    path = reporting.write_json(
+        os.path.join(workdir, "circuits", name, "circuit.json"), doc,
+        default=_json_default)
     paths.append(path)
     entry.update(controls.summary_row(doc))
     _log.info(controls.summary_line(name, doc, path))

@@ -6,7 +6,9 @@ and the command line shows the messages as plain lines on process 0
 (`to_console`, called by `main`).
 """
 
+import json
 import logging
+import os
 import sys
 
 ROOT = "sparse_circuits"
@@ -37,3 +39,20 @@ def to_console(level: int = logging.INFO) -> None:
   logger.addHandler(handler)
   logger.setLevel(level)
   logger.propagate = False  # absl's handler on the root would repeat it
+
+
+def write_json(path: str, doc, **dump_kwargs) -> str:
+  """Writes a result file (circuit.json, eval_summary.json, ...) whole or not
+  at all: into `path.tmp`, then renamed over `path`, so a run killed while
+  writing leaves the previous file, never half a document."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(doc, f, indent=1, **dump_kwargs)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from sparse_circuits import checkpoints
+from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 from sparse_circuits import sharding
 from sparse_circuits import sites as sites_lib
@@ -256,15 +257,18 @@ class Run:
     against."""
     path = os.path.join(self.workdir, "circuits", task_name, "circuit.json")
     if not os.path.exists(path):
-      raise FileNotFoundError(f"no circuit for {task_name!r}: {path} is "
-                              "missing (run --mode=prune)")
-    with open(path) as f:
-      doc = json.load(f)
+      raise errors.RunFileError(f"no circuit for {task_name!r}: {path} is "
+                                "missing (run --mode=prune)")
+    try:
+      with open(path) as f:
+        doc = json.load(f)
+    except json.JSONDecodeError as err:
+      raise errors.RunFileError(f"{path} is not valid JSON: {err}") from err
     step = doc.get("model", {}).get("step", self.step)
     means_path = os.path.join(self.workdir, "prune", f"means_{step}.npz")
     if not os.path.exists(means_path):
-      raise FileNotFoundError(f"{path} was pruned against {means_path}, "
-                              "which is missing")
+      raise errors.RunFileError(f"{path} was pruned against {means_path}, "
+                                "which is missing")
     return Circuit(doc, dict(np.load(means_path)), self)
 
 

@@ -31,7 +31,6 @@ Dimensions: B batch, L length, D dense width, S sparse width, V vocab.
 """
 
 import functools
-import json
 import os
 
 import jax
@@ -278,9 +277,7 @@ def run(config, workdir: str) -> dict:
   doc = {"task": st.task, "dense_workdir": os.path.abspath(dense_wd),
          "dense_step": dense.step, "sparse_step": sparse.step, **doc}
   out_dir = os.path.join(workdir, "circuits", st.task)
-  path = os.path.join(out_dir, "steer.json")
-  with open(path, "w") as f:
-    json.dump(doc, f, indent=1)
+  path = reporting.write_json(os.path.join(out_dir, "steer.json"), doc)
   page = viz.write_circuit_page(
       circ.doc, os.path.join(out_dir, "index.html"),
       viz.read_metrics(os.path.join(workdir, "metrics.jsonl")),

@@ -33,6 +33,7 @@ from sparse_circuits import reporting
 from sparse_circuits import runs
 from sparse_circuits import sharding
 from sparse_circuits import sparsity
+from sparse_circuits import viz
 
 _log = reporting.get(__name__)
 
@@ -243,12 +244,13 @@ class MetricsLog:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
     if self.enabled and os.path.exists(self.path):  # drop rows after resume
-      with open(self.path) as f:
-        rows = [json.loads(l) for l in f if l.strip()]
-      with open(self.path, "w") as f:
-        for r in rows:
-          if r["step"] <= resume_step:
-            f.write(json.dumps(r) + "\n")
+      # A run killed mid-write leaves a partial last line: skipped, not fatal.
+      rows = [r for r in viz.read_metrics(self.path)
+              if r.get("step", resume_step + 1) <= resume_step]
+      tmp = self.path + ".tmp"  # replaced whole: a crash here loses nothing
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+      os.replace(tmp, self.path)
 
   def write(self, row):
     if self.enabled:

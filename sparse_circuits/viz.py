@@ -29,6 +29,7 @@ import os
 import pathlib
 from typing import Any
 
+from sparse_circuits import errors
 from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
 
@@ -366,7 +367,7 @@ def write_run_index(workdir: str | os.PathLike) -> str:
   """Writes workdir/index.html (checkpoints, eval table, curves, circuits)."""
   wd = pathlib.Path(workdir)
   if not wd.is_dir():
-    raise FileNotFoundError(f"run index: workdir {wd} does not exist")
+    raise errors.RunFileError(f"run index: workdir {wd} does not exist")
   esc = html.escape
   from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
   ckpt_dir = checkpoints.ckpt_dir(str(wd))
@@ -417,11 +418,11 @@ def run(config: Any, workdir: str | os.PathLike) -> list[str]:
   del config  # everything comes from what earlier modes wrote into workdir
   wd = pathlib.Path(workdir)
   if not wd.is_dir():
-    raise FileNotFoundError(
+    raise errors.RunFileError(
         f"--mode=report: workdir {wd} does not exist; train and prune first")
   circuit_files = sorted((wd / "circuits").glob("*/circuit.json"))
   if not circuit_files:
-    raise FileNotFoundError(
+    raise errors.RunFileError(
         f"--mode=report: no circuits in {wd / 'circuits'} (want "
         "<task>/circuit.json, written by --mode=prune)")
   metrics = read_metrics(wd / "metrics.jsonl")
@@ -430,8 +431,10 @@ def run(config: Any, workdir: str | os.PathLike) -> list[str]:
     try:
       circuit = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-      raise ValueError(f"--mode=report: {path} is not valid JSON: {err}"
-                       ) from err
+      raise errors.RunFileError(
+          f"--mode=report: {path} is not valid JSON: {err}",
+          hint="prune that task again (--mode=prune --config.prune.tasks="
+          f"{path.parent.name})") from err
     steer_path = path.parent / "steer.json"
     steer = (json.loads(steer_path.read_text(encoding="utf-8"))
              if steer_path.is_file() else None)

@@ -244,6 +244,8 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
   assert r.returncode == -9, (r.returncode, r.stderr[-3000:])
   assert sorted(os.listdir(ckpts)) == ["10", "14"]
   assert os.path.exists(run / "LOCK")  # the dead process's, taken over next
+  with open(run / "metrics.jsonl", "a") as f:  # as if killed mid-write
+    f.write('{"step": 18, "lo')
 
   r = _run_main(run, *MICRO_FLAGS, tok)
   assert "taking over the lock" in r.stdout, r.stdout

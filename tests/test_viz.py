@@ -17,6 +17,7 @@ import shutil
 
 import pytest
 
+from sparse_circuits import errors
 from sparse_circuits import viz
 
 try:
@@ -145,12 +146,19 @@ def test_run_writes_pages_exports_and_index(tmp_path, circuit, caplog):
 
 
 def test_run_without_workdir_or_circuits_says_where(tmp_path):
+  """One-line errors (RunFileError: the command line prints no traceback)."""
   missing = tmp_path / "nope"
-  with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+  with pytest.raises(errors.RunFileError, match=re.escape(str(missing))):
     viz.run(None, missing)
   circuits = tmp_path / "circuits"
-  with pytest.raises(FileNotFoundError, match=re.escape(str(circuits))):
+  with pytest.raises(errors.RunFileError, match=re.escape(str(circuits))):
     viz.run(None, tmp_path)
+  bad = circuits / "single_double_quote" / "circuit.json"
+  bad.parent.mkdir(parents=True)
+  bad.write_text('{"task": {"na')  # cut short
+  with pytest.raises(errors.RunFileError, match="not valid JSON") as e:
+    viz.run(None, tmp_path)
+  assert "prune.tasks=single_double_quote" in e.value.hint
 
 
 # In the browser.
