@@ -190,8 +190,12 @@ def restore_newest(mngr, restore_step: Callable[[int], Any],
   `step` given, only that step is tried. No step at all: (None, None). No
   step that restores: CheckpointError naming every step and its reason.
   """
-  steps = [step] if step is not None else sorted(mngr.all_steps(),
-                                                 reverse=True)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None and step not in steps:
+    raise CheckpointError(
+        f"no checkpoint at step {step} in {mngr.directory}",
+        hint=f"its steps: {sorted(steps)}" if steps else "it has none")
+  steps = [step] if step is not None else steps
   failed = []
   _quiet_abandoned_reads()
   for s in steps:

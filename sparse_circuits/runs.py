@@ -21,6 +21,8 @@ run = sc.load("runs/tiny")`):
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -40,6 +42,14 @@ from sparse_circuits import sparsity
 # Config sections an analysis (eval, prune, the API) may set over the run's
 # stored config; everything else (model, data, sparsity) is the run's own.
 OVERLAY_SECTIONS = ("tasks", "prune", "eval")
+
+
+@functools.cache
+def _DEFAULTS() -> ml_collections.ConfigDict:  # pylint: disable=invalid-name
+  """This version's default config: the fields an overlay may set even when
+  an older run's stored config lacks them."""
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.base_config("tiny")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +104,22 @@ def lm_eval_step(ctx: Context):
 # ------------------------------------------------------------ stored config
 
 
-def _update(dst: ml_collections.ConfigDict, src: Mapping[str, Any], where):
+def _update(dst: ml_collections.ConfigDict, src: Mapping[str, Any], where,
+            known=None):
+  """dst <- src, field by field. A field neither the run's stored config nor
+  this version's defaults (`known`) has is a typo: ConfigError naming it."""
   for k, v in src.items():
+    ref = known.get(k) if known is not None else None
+    if k not in dst and (known is None or k not in known):
+      close = difflib.get_close_matches(
+          k, list(dst) + list(known or ()), n=1)
+      raise errors.ConfigError(
+          f"overlay: {where}.{k} is not a config field"
+          + (f" (did you mean {where}.{close[0]}?)" if close else ""))
     if isinstance(v, Mapping) and isinstance(dst.get(k),
                                              ml_collections.ConfigDict):
-      _update(dst[k], v, f"{where}.{k}")
+      _update(dst[k], v, f"{where}.{k}",
+              ref if isinstance(ref, ml_collections.ConfigDict) else None)
     else:
       dst[k] = v
 
@@ -130,12 +151,12 @@ def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
       if sec == "train" and set(fields) <= {"eval_batches"}:
         pass
       elif sec not in OVERLAY_SECTIONS:
-        raise ValueError(
+        raise errors.ConfigError(
             f"overlay section {sec!r} cannot change a trained run; "
             f"allowed: {OVERLAY_SECTIONS} and train.eval_batches")
       if sec not in merged:
         merged[sec] = ml_collections.ConfigDict()
-      _update(merged[sec], fields, sec)
+      _update(merged[sec], fields, sec, _DEFAULTS()[sec])
   return merged
 
 
@@ -221,10 +242,39 @@ class Run:
     if tokens.shape[1] > self.cfg.block_size:
       raise ValueError(f"{tokens.shape[1]} tokens exceed the context of "
                        f"{self.cfg.block_size}")
+    if tokens.size and (tokens.min() < 0 or
+                        tokens.max() >= self.cfg.vocab_size):
+      raise ValueError(  # a gather would clamp them silently
+          f"token ids must be in [0, {self.cfg.vocab_size}); got "
+          f"{int(tokens.min())}..{int(tokens.max())}")
     iv = None if interventions is None else jax.tree.map(jnp.asarray,
                                                          dict(interventions))
+    if iv:
+      self._check_interventions(tokens, iv)
     return _forward(self.params, jnp.asarray(tokens), self.cfg, iv,
                     tuple(capture))
+
+  def _check_interventions(self, tokens, iv):
+    """Each mask and mean must broadcast to its site's activation."""
+    _, shapes = jax.eval_shape(
+        lambda t: _forward(self.params, t, self.cfg, None, tuple(iv)),
+        jax.ShapeDtypeStruct(tokens.shape, jnp.int32))
+    for site, spec in iv.items():
+      want = shapes[site].shape
+      for key in ("mask", "mean"):
+        if key not in spec:
+          raise ValueError(f"interventions[{site!r}] needs 'mask' and "
+                           f"'mean'; got {sorted(spec)}")
+        got = spec[key].shape
+        try:
+          fits = np.broadcast_shapes(got, want) == tuple(want)
+        except ValueError:
+          fits = False
+        if not fits:
+          raise ValueError(
+              f"interventions[{site!r}][{key!r}] has shape {got}; the site's "
+              f"activation is {tuple(want)}: give a scalar, [{want[-1]}] "
+              "(one per node) or a shape that broadcasts to it")
 
   # ---- tasks and circuits
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sparse_circuits as sc
+from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 from sparse_circuits import runs
 
@@ -108,6 +109,16 @@ def test_forward_and_capture_match_the_model(pruned_run):
   assert set(cache) == {"0.resid_in", "final_resid"}
   with pytest.raises(ValueError, match="unknown activation site"):
     run(ids, capture=["0.attn.nope"])
+  # Ids a gather would clamp, and masks that do not fit a site, are named.
+  with pytest.raises(ValueError, match=r"token ids must be in \[0, 2048\)"):
+    run(np.array([[5, run.cfg.vocab_size]]))
+  width = cache["0.resid_in"].shape[-1]
+  with pytest.raises(ValueError, match=rf"\['0.resid_in'\]\['mask'\] has "
+                     rf"shape \(3,\).*\[{width}\]"):
+    run(ids, interventions={"0.resid_in": {"mask": np.ones(3), "mean": 0.0}})
+  kept, _ = run(ids, interventions={"0.resid_in": {"mask": np.ones(width),
+                                                   "mean": 0.0}})
+  np.testing.assert_allclose(kept, logits, rtol=1e-6, atol=1e-6)  # mask 1: same
 
 
 def test_overlay_changes_analysis_settings_only(pruned_run):
@@ -116,8 +127,15 @@ def test_overlay_changes_analysis_settings_only(pruned_run):
   assert run.config.tasks.n_test == 4
   assert runs.model_config(run.config) == runs.model_config(c)
   assert run.evaluate("single_double_quote")["n"] == 4
-  with pytest.raises(ValueError, match="cannot change a trained run"):
+  with pytest.raises(errors.ConfigError, match="cannot change a trained run"):
     sc.load(workdir, overlay={"model": {"d_model": 8}})
+  with pytest.raises(errors.ConfigError,
+                     match=r"tasks.n_tset is not a config field \(did you "
+                     r"mean tasks.n_test\?\)"):
+    sc.load(workdir, overlay={"tasks": {"n_tset": 4}})
+  with pytest.raises(errors.CheckpointError,
+                     match=f"no checkpoint at step 12345 in {workdir}"):
+    sc.load(workdir, step=12345)
   # A whole command-line config overlays its tasks/prune sections.
   cli = c.copy_and_resolve_references()
   cli.tasks.seed, cli.model.d_model = 7, 999
