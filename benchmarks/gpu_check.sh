@@ -68,9 +68,10 @@ section compile_check 150 "$PYTHON" -m sparse_circuits.main \
 section bench 200 "$PYTHON" -m benchmarks.step --config="$CONFIG" \
   --noprune --rounds="$ROUNDS"
 # float32 matmuls at full precision (GPUs default to TF32): the tests
-# compare float32 programs to 1e-5.
+# compare float32 programs to 1e-5. `-o addopts=` runs them in this process,
+# without pyproject's pytest-xdist options (the device may lack xdist).
 section tests 90 env JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m \
-  pytest -q -p no:cacheprovider tests/test_train.py tests/test_model.py \
+  pytest -q -o addopts= -p no:cacheprovider tests/test_train.py tests/test_model.py \
   -k "microbatches_give or remat_gives or bfloat16"
 for v in $VARIANTS; do
   m=${v%,*} r=${v#*,}
