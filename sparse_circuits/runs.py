@@ -156,7 +156,8 @@ def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
             f"allowed: {OVERLAY_SECTIONS} and train.eval_batches")
       if sec not in merged:
         merged[sec] = ml_collections.ConfigDict()
-      _update(merged[sec], fields, sec, _DEFAULTS()[sec])
+      _update(merged[sec], fields, sec,
+              _DEFAULTS().get(sec) or ml_collections.ConfigDict())
   return merged
 
 

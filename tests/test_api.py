@@ -133,6 +133,8 @@ def test_overlay_changes_analysis_settings_only(pruned_run):
                      match=r"tasks.n_tset is not a config field \(did you "
                      r"mean tasks.n_test\?\)"):
     sc.load(workdir, overlay={"tasks": {"n_tset": 4}})
+  with pytest.raises(errors.ConfigError, match="eval.batches is not a config"):
+    sc.load(workdir, overlay={"eval": {"batches": 4}})  # no such section yet
   with pytest.raises(errors.CheckpointError,
                      match=f"no checkpoint at step 12345 in {workdir}"):
     sc.load(workdir, step=12345)
