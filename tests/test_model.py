@@ -184,8 +184,10 @@ def test_remat_saves_memory_and_recomputes_what_its_policy_says():
 
   (mem_none, loops_none), (mem_block, loops_block), (mem_topk, loops_topk) = (
       compiled(r) for r in ("none", "block", "topk"))
-  assert mem_none > 1.5 * mem_topk > 1.5 * mem_block, (mem_none, mem_topk,
-                                                       mem_block)
+  # Each policy saves at least 1.3x: measured none/topk 1.65 and 1.46,
+  # topk/block 1.75 and 1.92 under jax 0.10.2 and 0.12 (XLA moves them).
+  assert mem_none > 1.3 * mem_topk > 1.3 * 1.3 * mem_block, (
+      mem_none, mem_topk, mem_block)
   assert loops_block - loops_topk == loops_none // cfg0.n_layer > 0
   with pytest.raises(ValueError, match="model.remat"):
     dataclasses.replace(CFG, remat="everything")
