@@ -41,18 +41,24 @@ def to_console(level: int = logging.INFO) -> None:
   logger.propagate = False  # absl's handler on the root would repeat it
 
 
-def write_json(path: str, doc, **dump_kwargs) -> str:
-  """Writes a result file (circuit.json, eval_summary.json, ...) whole or not
-  at all: into `path.tmp`, then renamed over `path`, so a run killed while
-  writing leaves the previous file, never half a document."""
+def write_text(path: str, text: str) -> str:
+  """Writes a file whole or not at all: into `path.tmp`, then renamed over
+  `path`, so a run killed while writing leaves the previous file, never half
+  of one."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   try:
     with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(doc, f, indent=1, **dump_kwargs)
+      f.write(text)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   return path
+
+
+def write_json(path: str, doc, **dump_kwargs) -> str:
+  """A result file (circuit.json, eval_summary.json, ...) through
+  `write_text`; a document json cannot encode leaves the old file as it was."""
+  return write_text(path, json.dumps(doc, indent=1, **dump_kwargs))

@@ -247,10 +247,8 @@ class MetricsLog:
       # A run killed mid-write leaves a partial last line: skipped, not fatal.
       rows = [r for r in viz.read_metrics(self.path)
               if r.get("step", resume_step + 1) <= resume_step]
-      tmp = self.path + ".tmp"  # replaced whole: a crash here loses nothing
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-      os.replace(tmp, self.path)
+      reporting.write_text(self.path,  # whole: a crash here loses nothing
+                           "".join(json.dumps(r) + "\n" for r in rows))
 
   def write(self, row):
     if self.enabled:

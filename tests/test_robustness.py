@@ -358,14 +358,18 @@ def test_data_sources_override_forms(arg, want):
 
 
 def test_a_result_file_is_written_whole_or_not_at_all(tmp_path):
-  """circuit.json, eval_summary.json, ...: a write that fails half way (here
-  an object json cannot encode, after the first fields are out) leaves the
-  previous document as it was."""
+  """circuit.json, eval_summary.json, ...: a write that fails (an object json
+  cannot encode; text the file cannot encode) leaves the previous document
+  as it was, and no temporary file."""
   from sparse_circuits import reporting  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "circuits" / "t" / "circuit.json")
   reporting.write_json(path, {"nodes": [1, 2], "ok": True})
   with pytest.raises(TypeError):
     reporting.write_json(path, {"nodes": [1, 2, 3], "bad": object()})
+  with open(path) as f:
+    assert json.load(f) == {"nodes": [1, 2], "ok": True}
+  with pytest.raises(UnicodeEncodeError):
+    reporting.write_text(path, '{"nodes": "\ud800"}')  # a lone surrogate
   with open(path) as f:
     assert json.load(f) == {"nodes": [1, 2], "ok": True}
   assert os.listdir(os.path.dirname(path)) == ["circuit.json"]
