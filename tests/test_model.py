@@ -186,8 +186,9 @@ def test_remat_saves_memory_and_recomputes_what_its_policy_says():
       compiled(r) for r in ("none", "block", "topk"))
   # Each policy saves at least 1.3x: measured none/topk 1.65 and 1.46,
   # topk/block 1.75 and 1.92 under jax 0.10.2 and 0.12 (XLA moves them).
-  assert mem_none > 1.3 * mem_topk > 1.3 * 1.3 * mem_block, (
-      mem_none, mem_topk, mem_block)
+  sizes = (mem_none, mem_topk, mem_block)
+  assert mem_none > 1.3 * mem_topk, sizes
+  assert mem_topk > 1.3 * mem_block, sizes
   assert loops_block - loops_topk == loops_none // cfg0.n_layer > 0
   with pytest.raises(ValueError, match="model.remat"):
     dataclasses.replace(CFG, remat="everything")
