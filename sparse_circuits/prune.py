@@ -35,48 +35,6 @@ from sparse_circuits import search
 _log = reporting.get(__name__)
 
 
-# ---------------------------------------------------------------- masks
-
-@jax.custom_vjp
-def hard_step(tau, temperature):
-  """H(tau) forward; sigmoid'(tau/T)/T backward (the straight-through)."""
-  return (tau > 0).astype(tau.dtype)
-
-
-def _hard_fwd(tau, temperature):
-  return hard_step(tau, temperature), (tau, temperature)
-
-
-def _hard_bwd(res, g):
-  tau, t = res
-  s = jax.nn.sigmoid(tau / t)
-  return g * s * (1 - s) / t, jnp.zeros_like(t)
-
-
-hard_step.defvjp(_hard_fwd, _hard_bwd)
-
-
-def interventions(masks, means):
-  return {s: {"mask": masks[s], "mean": means[s]} for s in masks}
-
-
-def last_logits(params, cfg, tokens, masks=None, means=None, last=None):
-  """Logits at each row's last prompt position `last` [N] (right-padded task
-  prompts, `TaskData.last`); with last=None, at the final column."""
-  iv = interventions(masks, means) if masks is not None else None
-  logits, _ = model_lib.forward(params, tokens, cfg, interventions=iv,
-                                last_only=last is None, read_at=last)
-  return logits[:, -1]
-
-
-def logit_diff(params, cfg, data_tokens, target, alternative, masks=None,
-               means=None, last=None):
-  """d = logit[target] - logit[alternative] at the last position, [N]."""
-  lg = last_logits(params, cfg, data_tokens, masks, means, last)
-  return (jnp.take_along_axis(lg, target[:, None], 1)[:, 0] -
-          jnp.take_along_axis(lg, alternative[:, None], 1)[:, 0])
-
-
 # ---------------------------------------------------------------- means
 
 def compute_means(params, cfg, batches, sites):

@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from sparse_circuits import scoring
+
 EVAL_CHUNK = 4  # node sets per evaluation call at most: bounds memory
 
 
@@ -81,12 +83,6 @@ def init_tau(sites, seed, mean=0.1, std=0.01):
 
 
 # ---------------------------------------------------------------- programs
-
-def calibration_sign(target, alternative):
-  """+1 where the target is the lower token id: the shift b of the
-  calibration raises one candidate's logit over the other's."""
-  return np.where(np.asarray(target) < np.asarray(alternative), 1.0, -1.0)
-
 
 def fit_calibration(d_MxN, sign_MxN):
   """Per row, (a, b) with a = exp(u) > 0 minimising mean softplus(-(a*d +
@@ -148,16 +144,15 @@ def _programs(cfg, sites, clip, b2, weight_decay):
   every task, setting and control shares one compilation per input shape.
   The model, means and task arrays are arguments, not constants: as
   constants XLA constant-folds the unmasked forward at compile time."""
-  # The task loss (prune.logit_diff) and the straight-through step are the
+  # The task loss (scoring.logit_diff) and the straight-through step are the
   # prune module's; imported here, at first use, as prune imports this one.
-  from sparse_circuits.prune import hard_step, logit_diff  # pylint: disable=g-import-not-at-top
   tx = optax.chain(optax.clip_by_global_norm(clip),
                    optax.scale_by_adam(b1=0.9, b2=b2))
   widths = [s.width for s in sites]
 
   def loss_fn(tau, hp, tokens, last, target, alt, params, means):
-    masks = {s: hard_step(t, hp["temperature"]) for s, t in tau.items()}
-    d = logit_diff(params, cfg, tokens, target, alt, masks, means, last)
+    masks = {s: scoring.hard_step(t, hp["temperature"]) for s, t in tau.items()}
+    d = scoring.logit_diff(params, cfg, tokens, target, alt, masks, means, last)
     task = jnp.mean(jax.nn.softplus(-d))
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + hp["k_coef"] * n_on, (task, n_on)
@@ -184,7 +179,7 @@ def _programs(cfg, sites, clip, b2, weight_decay):
     def one(flat, target, alt):
       parts = jnp.split(flat, np.cumsum(widths)[:-1])
       masks = {s.name: p for s, p in zip(sites, parts)}
-      return logit_diff(params, cfg, tokens, target, alt, masks, means, last)
+      return scoring.logit_diff(params, cfg, tokens, target, alt, masks, means, last)
     return jax.vmap(one)(flat_CxN, target_CxR, alt_CxR)
 
   return (jax.jit(jax.vmap(tx.init)),
@@ -281,7 +276,7 @@ class Pruner:
 
   def signs(self, data, n, labels=None):
     t, a = self._labels(data, n, labels)
-    return calibration_sign(t, a)
+    return scoring.calibration_sign(t, a)
 
   def search(self, tau_SxN, train, target_loss, labels=None, progress=False,
              exact=True, exclude=()):

@@ -34,7 +34,7 @@ import numpy as np
 
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
-from sparse_circuits import search
+from sparse_circuits import scoring
 from sparse_circuits import task_suite
 from sparse_circuits.errors import ConfigError, TaskFileError, UserError
 
@@ -347,7 +347,7 @@ def _stats(params, tokens_BxT, last_B, target_B, alternative_B, sign_B,
   logits_Bx1xV, _ = model_lib.forward(params, tokens_BxT, cfg, interventions,
                                       read_at=last_B)
   d_B = _logit_diff(logits_Bx1xV[:, 0], target_B, alternative_B)
-  # A pruned circuit's calibration: a*d + b*sign (search.calibration_sign).
+  # A pruned circuit's calibration: a*d + b*sign (scoring.calibration_sign).
   d_B = scale_shift[0] * d_B + scale_shift[1] * sign_B
   return jax.nn.softplus(-d_B), d_B
 
@@ -384,7 +384,7 @@ def evaluate_task(params, cfg: model_lib.ModelConfig, data: TaskData,
   scale_shift = jnp.asarray(
       [1.0, 0.0] if calibration is None else
       [calibration["scale"], calibration["shift"]], jnp.float32)
-  sign = search.calibration_sign(data.target, data.alternative).astype(
+  sign = scoring.calibration_sign(data.target, data.alternative).astype(
       np.float32)
   losses, diffs = [], []
   for start in range(0, n, bs):

@@ -14,6 +14,7 @@ from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import controls
 from sparse_circuits import model as M
 from sparse_circuits import prune as P
+from sparse_circuits import scoring
 from sparse_circuits import search as S
 
 A, B, T1, T2 = 1, 2, 5, 6  # decisive tokens, candidate tokens
@@ -183,10 +184,10 @@ def test_calibration_is_fitted_on_train_and_keeps_the_sign():
 def test_straight_through_gradient_is_the_sigmoid_derivative():
   tau = jnp.linspace(-1, 1, 11)
   for t in (0.05, 0.1, 0.5):
-    g = jax.grad(lambda x: jnp.sum(P.hard_step(x, jnp.float32(t))))(tau)
+    g = jax.grad(lambda x: jnp.sum(scoring.hard_step(x, jnp.float32(t))))(tau)
     s = jax.nn.sigmoid(tau / t)
     np.testing.assert_allclose(g, s * (1 - s) / t, rtol=1e-6)
-    np.testing.assert_array_equal(P.hard_step(tau, t), (tau > 0) * 1.0)
+    np.testing.assert_array_equal(scoring.hard_step(tau, t), (tau > 0) * 1.0)
 
 
 def _random_model():
@@ -206,8 +207,8 @@ def test_all_ones_masks_reproduce_the_unpruned_logits():
   toks = jnp.asarray(task_data().tokens)
   means = {s.name: jnp.full((s.width,), 3.0) for s in sites}
   ones = {s.name: jnp.ones((s.width,)) for s in sites}
-  np.testing.assert_array_equal(P.last_logits(params, cfg, toks),
-                                P.last_logits(params, cfg, toks, ones, means))
+  np.testing.assert_array_equal(scoring.last_logits(params, cfg, toks),
+                                scoring.last_logits(params, cfg, toks, ones, means))
 
 
 def test_mean_ablating_everything_equals_direct_computation():
@@ -218,7 +219,7 @@ def test_mean_ablating_everything_equals_direct_computation():
   means = {s.name: jnp.asarray(rng.normal(size=s.width), jnp.float32)
            for s in sites}
   zeros = {s.name: jnp.zeros((s.width,)) for s in sites}
-  got = P.last_logits(params, cfg, toks, zeros, means)
+  got = scoring.last_logits(params, cfg, toks, zeros, means)
   # With every node at its mean the residual stream is the embeddings plus
   # each layer's mean writes; nothing else reaches the unembedding.
   L = toks.shape[1]

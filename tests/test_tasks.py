@@ -16,6 +16,7 @@ from sparse_circuits import circuit as circuit_lib
 from sparse_circuits import config_lib
 from sparse_circuits import model as model_lib
 from sparse_circuits import prune
+from sparse_circuits import scoring
 from sparse_circuits import task_suite
 from sparse_circuits import tasks
 from sparse_circuits import tokenizer as tokenizer_lib
@@ -231,7 +232,7 @@ def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
   sites = circuit_lib.node_sites(cfg)
   ones = {s.name: jnp.ones((s.width,)) for s in sites}
   means = {s.name: jnp.zeros((s.width,)) for s in sites}
-  pruned = jax.jit(lambda t, at: prune.logit_diff(
+  pruned = jax.jit(lambda t, at: scoring.logit_diff(
       params, cfg, t, d.target, d.alternative, ones, means, at))
   np.testing.assert_allclose(pruned(d.tokens, d.last), diff, rtol=1e-5,
                              atol=1e-5)
