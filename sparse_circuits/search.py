@@ -144,15 +144,17 @@ def _programs(cfg, sites, clip, b2, weight_decay):
   every task, setting and control shares one compilation per input shape.
   The model, means and task arrays are arguments, not constants: as
   constants XLA constant-folds the unmasked forward at compile time."""
-  # The task loss (scoring.logit_diff) and the straight-through step are the
-  # prune module's; imported here, at first use, as prune imports this one.
+  # The task loss (scoring.logit_diff) and the straight-through step
+  # (scoring.hard_step) are shared with tasks and prune.
   tx = optax.chain(optax.clip_by_global_norm(clip),
                    optax.scale_by_adam(b1=0.9, b2=b2))
   widths = [s.width for s in sites]
 
   def loss_fn(tau, hp, tokens, last, target, alt, params, means):
-    masks = {s: scoring.hard_step(t, hp["temperature"]) for s, t in tau.items()}
-    d = scoring.logit_diff(params, cfg, tokens, target, alt, masks, means, last)
+    masks = {s: scoring.hard_step(t, hp["temperature"])
+             for s, t in tau.items()}
+    d = scoring.logit_diff(params, cfg, tokens, target, alt, masks, means,
+                           last)
     task = jnp.mean(jax.nn.softplus(-d))
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + hp["k_coef"] * n_on, (task, n_on)
@@ -179,7 +181,8 @@ def _programs(cfg, sites, clip, b2, weight_decay):
     def one(flat, target, alt):
       parts = jnp.split(flat, np.cumsum(widths)[:-1])
       masks = {s.name: p for s, p in zip(sites, parts)}
-      return scoring.logit_diff(params, cfg, tokens, target, alt, masks, means, last)
+      return scoring.logit_diff(params, cfg, tokens, target, alt, masks,
+                                means, last)
     return jax.vmap(one)(flat_CxN, target_CxR, alt_CxR)
 
   return (jax.jit(jax.vmap(tx.init)),
