@@ -26,13 +26,13 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sparse_circuits import circuit as circuit_lib  # pylint: disable=wrong-import-position
+from sparse_circuits.circuits import document as circuit_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import config_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import data  # pylint: disable=wrong-import-position
-from sparse_circuits import prune  # pylint: disable=wrong-import-position
+from sparse_circuits.circuits import prune  # pylint: disable=wrong-import-position
 from sparse_circuits import runs  # pylint: disable=wrong-import-position
-from sparse_circuits import search  # pylint: disable=wrong-import-position
-from sparse_circuits import tasks as tasks_lib  # pylint: disable=wrong-import-position
+from sparse_circuits.circuits import search  # pylint: disable=wrong-import-position
+from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=wrong-import-position
 
 
 def _load(workdir, task_name):

@@ -310,7 +310,7 @@ def format_topk(rows) -> str:
 
 def _synthetic_task(config, n, length, seed=0):
   """Random prompts; pair i = rows 2i, 2i+1 with swapped candidates."""
-  from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   V = config.model.vocab_size
 
@@ -328,11 +328,11 @@ def _synthetic_task(config, n, length, seed=0):
 def _prune_inputs(config, workdir):
   """(config, params, means, task, label): a trained run or a random model."""
   from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import circuit as circuit_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import document as circuit_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import prune  # pylint: disable=g-import-not-at-top
   if workdir and checkpoints.latest_step(workdir) is not None:
     from sparse_circuits import data  # pylint: disable=g-import-not-at-top
-    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=g-import-not-at-top
     from sparse_circuits import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
     run_cfg = checkpoints.load_config(workdir)
     with run_cfg.unlocked():
@@ -367,8 +367,8 @@ def _prune_inputs(config, workdir):
 
 
 def prune_bench(config, workdir=None, n_settings=8) -> dict:
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import search  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import search  # pylint: disable=g-import-not-at-top
   config, cfg, params, means, task, sites, label = _prune_inputs(config,
                                                                  workdir)
   pc = config.prune

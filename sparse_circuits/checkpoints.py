@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sparse_circuits import data
 from sparse_circuits import distributed
 from sparse_circuits import reporting
 from sparse_circuits.errors import CheckpointError
@@ -83,7 +84,6 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None,
                               "config": json.loads(config.to_json())}),
       **{k: ocp.args.StandardSave(v) for k, v in (extras or {}).items()})
   if data_iter is not None:
-    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
     items["data"] = data.checkpoint_args(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items))
 
@@ -249,7 +249,6 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None,
     if abstract_opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
     if data_iter is not None:
-      from sparse_circuits import data  # pylint: disable=g-import-not-at-top
       items["data"] = data.checkpoint_args(data_iter, restore=True)
     out = mngr.restore(s, args=ocp.args.Composite(**items))
     meta = dict(out["meta"])

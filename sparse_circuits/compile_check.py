@@ -29,9 +29,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from sparse_circuits import circuit as circuit_lib
+from sparse_circuits.circuits import document as circuit_lib
 from sparse_circuits import flops
-from sparse_circuits import search
+from sparse_circuits.circuits import search
 from sparse_circuits import sharding
 from sparse_circuits import train
 

@@ -183,7 +183,7 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # imported model's, else one derived from this run's tokenizer files.
   c.interop.tokenizer_name = ""
 
-  # Bridges to a frozen dense run (--mode=bridge; sparse_circuits/bridge.py)
+  # Bridges to a frozen dense run (--mode=bridge; sparse_circuits/experiments/bridge.py)
   # and steering the dense run through a circuit node (--mode=steer).
   c.bridge = ml_collections.ConfigDict()
   c.bridge.dense_workdir = ""      # the dense run: ours, or --mode=import'ed

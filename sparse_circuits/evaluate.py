@@ -24,8 +24,8 @@ from sparse_circuits import data
 from sparse_circuits import reporting
 from sparse_circuits import runs
 from sparse_circuits import sharding
-from sparse_circuits import task_suite
-from sparse_circuits import tasks as tasks_lib
+from sparse_circuits.tasks import suite as task_suite
+from sparse_circuits.tasks import binary as tasks_lib
 
 _log = reporting.get(__name__)
 

@@ -65,9 +65,14 @@ from typing import Any, Mapping
 from absl import logging
 import numpy as np
 
+from sparse_circuits import checkpoints
+from sparse_circuits import config_lib
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
+from sparse_circuits import runs
+from sparse_circuits import sharding
 from sparse_circuits import sites as sites_lib
+from sparse_circuits import tokenizer as tokenizer_lib
 from sparse_circuits.errors import InteropError, MissingDependencyError
 
 _log = reporting.get(__name__)
@@ -406,7 +411,8 @@ def params_to_state_dict(params: Mapping[str, Any],
       if key == "transformer.wpe.weight" and not cfg.pos_emb:
         sd[key] = np.zeros(shape, np.float32)
         continue
-      raise InteropError(f"params lack {'/'.join(path)} (for {key!r})")
+      raise InteropError(
+          f"params lack {'/'.join(path)} (for {key!r})") from None
     a = np.asarray(node, dtype=np.float32)
     if transpose:
       a = a.T
@@ -507,7 +513,6 @@ def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def _check_tokenizer(directory: str):
-  from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   try:
     tok = tokenizer_lib.load(directory)
   except (OSError, ValueError, KeyError) as e:
@@ -535,7 +540,6 @@ def _tokenizer_files(directory: str) -> bool:
 
 
 def _replicated():
-  from sparse_circuits import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(types.SimpleNamespace(shape=(-1, 1, 1)))
   return sharding.replicated(mesh)
 
@@ -550,8 +554,6 @@ def import_run(config, workdir: str):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
 
   src = config.get("interop", {}).get("path", "")
   if not src:
@@ -660,7 +662,6 @@ def export_run(config, workdir: str) -> str:
   the export directory.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   del config  # the checkpoint's config describes its parameters
   _torch()
   run = runs.load(workdir)
@@ -674,7 +675,6 @@ def export_run(config, workdir: str) -> str:
   name = run_cfg.get("interop", {}).get("tokenizer_name", "")
   if not name:
     if has_tok:
-      from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
       name = f"sparse_circuits_{tokenizer_lib.load(tok_src).sha256[:12]}"
     else:
       name = "sparse_circuits"

@@ -1,4 +1,6 @@
-"""Entry point: `python -m sparse_circuits.main --config=configs/tiny.py [--mode=...] [--workdir=DIR]`.
+"""Entry point of every mode.
+
+  python -m sparse_circuits.main --config=configs/tiny.py [--mode=...] [--workdir=DIR]
 
 Parses flags and dispatches to one library function per mode, each taking
 (config, workdir). With no --mode, the whole pipeline runs in order.
@@ -29,14 +31,14 @@ MODES = {
     "data": "sparse_circuits.data:run",
     "train": "sparse_circuits.train:run",
     "eval": "sparse_circuits.evaluate:run",
-    "prune": "sparse_circuits.prune:run",
-    "bridge": "sparse_circuits.bridge:run",
-    "steer": "sparse_circuits.steer:run",
+    "prune": "sparse_circuits.circuits.prune:run",
+    "bridge": "sparse_circuits.experiments.bridge:run",
+    "steer": "sparse_circuits.experiments.steer:run",
     "report": "sparse_circuits.viz:run",
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",
     "compile_check": "sparse_circuits.compile_check:run",
-    "compare": "sparse_circuits.compare:run",
+    "compare": "sparse_circuits.experiments.compare:run",
 }
 # What `--mode=all` runs, in order.
 PIPELINE = ("data", "train", "eval", "prune", "report")

@@ -33,11 +33,14 @@ import ml_collections
 import numpy as np
 
 from sparse_circuits import checkpoints
+from sparse_circuits import config_lib
+from sparse_circuits import data
 from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 from sparse_circuits import sharding
-from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
+from sparse_circuits import tokenizer as tokenizer_lib
+from sparse_circuits.tasks import binary as tasks_lib
 
 # Config sections an analysis (eval, prune, the API) may set over the run's
 # stored config; everything else (model, data, sparsity) is the run's own.
@@ -48,7 +51,6 @@ OVERLAY_SECTIONS = ("tasks", "prune", "eval")
 def _DEFAULTS() -> ml_collections.ConfigDict:  # pylint: disable=invalid-name
   """This version's default config: the fields an overlay may set even when
   an older run's stored config lacks them."""
-  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.base_config("tiny")
 
 
@@ -168,7 +170,6 @@ def tokenizer_dir(config, workdir: str) -> str:
     return config.data.tokenizer_dir
   manifest = os.path.join(workdir, "data", "manifest.json")
   if os.path.exists(manifest):
-    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
     with open(manifest) as f:
       return data.manifest_tokenizer_dir(os.path.dirname(manifest),
                                          json.load(f))
@@ -195,7 +196,6 @@ class Run:
   def tokenizer(self):
     """The run's tokenizer, read on first use (export needs none)."""
     if self._tokenizer is None:
-      from sparse_circuits import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
       tok_dir = tokenizer_dir(self.config, self.workdir)
       try:
         self._tokenizer = tokenizer_lib.load(tok_dir)
@@ -283,19 +283,16 @@ class Run:
     """The task suite built with this run's tokenizer (config.tasks); a task
     whose candidates the tokenizer cannot compare is left out, with a
     warning."""
-    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     return tasks_lib.build_suite(self.config, self.tokenizer, names=names)[0]
 
   def task(self, name: str):
     """One task; CandidateError says why if the tokenizer cannot build it."""
-    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     return tasks_lib.build_all(self.config, self.tokenizer, names=[name])[name]
 
   def evaluate(self, task, interventions=None, split: str = "test",
                calibration=None) -> dict:
     """{loss, accuracy, n} of a task (a Task or its name) on one split;
     `calibration` = {"scale", "shift"} scores a*d + b*sign as pruning does."""
-    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     if isinstance(task, str):
       task = self.task(task)
     return tasks_lib.evaluate_task(self.params, self.cfg,
@@ -354,7 +351,6 @@ class Circuit:
 
   def task(self):
     """The task as it was pruned (same generator settings, same pairs)."""
-    from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     tasks_cfg = self.doc.get("tasks_config")
     cfg = self.run.config if tasks_cfg is None else overlay_config(
         self.run.config, {"tasks": tasks_cfg})

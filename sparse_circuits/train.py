@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from sparse_circuits import checkpoints
+from sparse_circuits import data
 from sparse_circuits import distributed
 from sparse_circuits import lock
 from sparse_circuits import model as model_lib
@@ -312,7 +313,6 @@ def run(config, workdir: str, on_step: Callable[[int], Any] | None = None,
 
 
 def _run(config, workdir, on_step, objective=None):
-  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   setup = make_setup(config, objective=objective)
   info = distributed.primary_first(data.prepare, config, workdir)
   it = data.train_iterator(config, info)

@@ -29,6 +29,7 @@ import os
 import pathlib
 from typing import Any
 
+from sparse_circuits import checkpoints
 from sparse_circuits import errors
 from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
@@ -369,7 +370,6 @@ def write_run_index(workdir: str | os.PathLike) -> str:
   if not wd.is_dir():
     raise errors.RunFileError(f"run index: workdir {wd} does not exist")
   esc = html.escape
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
   ckpt_dir = checkpoints.ckpt_dir(str(wd))
   steps = checkpoints.all_steps(str(wd))
   metrics = read_metrics(wd / "metrics.jsonl")

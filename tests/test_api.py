@@ -32,7 +32,7 @@ def pruned_run(tmp_path_factory, tiny_data):
   under a temporary directory. The target loss is loose so that the circuit
   keeps only part of the model (its loss then differs from the full
   model's, and the test below can tell whether ablation was reproduced)."""
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import prune  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   config, info = tiny_data
   config = config.copy_and_resolve_references()
@@ -157,7 +157,8 @@ def test_eval_and_prune_programs_never_import_the_optimizer():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   code = ("import sys\n"
-          "from sparse_circuits import evaluate, prune, viz, interop, runs\n"
+          "from sparse_circuits import evaluate, viz, interop, runs\n"
+          "from sparse_circuits.circuits import prune\n"
           "bad = [m for m in ('sparse_circuits.train', 'sparse_circuits.optim')"
           " if m in sys.modules]\n"
           "print('BAD' if bad else 'OK', bad)\n")

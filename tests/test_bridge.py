@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparse_circuits import bridge as B
+from sparse_circuits.experiments import bridge as B
 from sparse_circuits import model as M
-from sparse_circuits import steer
+from sparse_circuits.experiments import steer
 from sparse_circuits import viz
 
 SPARSE = M.ModelConfig(n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=128,
@@ -245,7 +245,7 @@ def _rows(workdir):
 def _fake_circuit(run, task, node):
   """A circuit.json as --mode=prune writes it, reduced to what steer reads,
   and the means file it refers to."""
-  from sparse_circuits import circuit  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import document as circuit  # pylint: disable=g-import-not-at-top
   out = os.path.join(run.workdir, "circuits", task)
   os.makedirs(out)
   with open(os.path.join(out, "circuit.json"), "w") as f:
@@ -259,7 +259,8 @@ def _fake_circuit(run, task, node):
 
 
 def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data):
-  from sparse_circuits import bridge, runs, train  # pylint: disable=g-import-not-at-top,reimported
+  from sparse_circuits import runs, train  # pylint: disable=g-import-not-at-top,reimported
+  from sparse_circuits.experiments import bridge  # pylint: disable=g-import-not-at-top,reimported
   config, info = tiny_data
   config = config.copy_and_resolve_references()
   config.data.tokenizer_dir = info.tokenizer_dir

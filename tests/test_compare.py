@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from sparse_circuits import compare
+from sparse_circuits.experiments import compare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -200,7 +200,7 @@ def smoke(tmp_path_factory, tiny_data):
   """The smoke compare, killed after its second circuit, then run again
   with every library mode counted."""
   from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.circuits import prune  # pylint: disable=g-import-not-at-top
   from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   _, info = tiny_data
   config = compare_config("smoke")

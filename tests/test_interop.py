@@ -101,7 +101,7 @@ def _erf_gelu(x):
 def reference_logits(sd, b, tokens):
   """method.md §1 forward in float64 from the authors' state dict and config."""
   g = lambda k: np.asarray(sd[k], np.float64)
-  V, D, H, Dh = b["vocab_size"], b["d_model"], b["n_head"], b["d_head"]
+  V, H, Dh = b["vocab_size"], b["n_head"], b["d_head"]
   eps = float(np.finfo(np.float32).eps)
   sites = (set(b["afrac_loctypes"].split(","))
            if b.get("afrac") is not None else set())

@@ -10,12 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sparse_circuits import circuit as circuit_lib
-from sparse_circuits import controls
+from sparse_circuits.circuits import document as circuit_lib
+from sparse_circuits.circuits import controls
 from sparse_circuits import model as M
-from sparse_circuits import prune as P
-from sparse_circuits import scoring
-from sparse_circuits import search as S
+from sparse_circuits.circuits import prune as P
+from sparse_circuits.tasks import scoring
+from sparse_circuits.circuits import search as S
 
 A, B, T1, T2 = 1, 2, 5, 6  # decisive tokens, candidate tokens
 CFG = M.ModelConfig(n_layer=1, d_model=8, n_head=1, d_head=4, d_mlp=8,

@@ -46,8 +46,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparse_circuits import checkpoints
+from sparse_circuits import data
+from sparse_circuits import distributed
 from sparse_circuits import errors
 from sparse_circuits import model as model_lib
+from sparse_circuits import runs
+from sparse_circuits import sharding
+from sparse_circuits import train
 
 SUBLAYERS = ("attn", "mlp")
 TERMS = ("nmse_d2s", "nmse_s2d", "kl_d2s", "kl_s2d")
@@ -305,9 +311,6 @@ def objective(config, dense_run, init_tokens_BxL=None):
   and its bridges, trained against `dense_run` (a `runs.Run`, frozen). With
   `init_tokens_BxL` (pretraining text), fresh bridges start from both
   models' residual statistics there (see `init_params`)."""
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import sharding  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   dense_cfg, sparse_cfg = dense_run.cfg, runs.model_config(config)
   check_pair(dense_cfg, sparse_cfg)
   if dense_cfg.block_size < sparse_cfg.block_size:
@@ -365,10 +368,6 @@ def run(config, workdir: str, on_step=None):
   training loop of `--mode=train` (sparsity, optimizer, sharding, resumable
   checkpoints, preemption, metrics; `on_step` as there). The bridges are
   saved beside the params."""
-  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import distributed  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   dense_wd = config.bridge.dense_workdir
   if not dense_wd:
     raise errors.ConfigError(
@@ -385,6 +384,5 @@ def run(config, workdir: str, on_step=None):
 
 def restore(workdir: str, dense_cfg, sparse_cfg, step=None) -> dict:
   """A bridged run's bridges (the latest checkpoint, or `step`)."""
-  from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
   return checkpoints.restore_extra(
       workdir, "bridges", abstract_params(dense_cfg, sparse_cfg), step)

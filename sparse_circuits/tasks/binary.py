@@ -34,8 +34,8 @@ import numpy as np
 
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
-from sparse_circuits import scoring
-from sparse_circuits import task_suite
+from sparse_circuits.tasks import scoring
+from sparse_circuits.tasks import suite as task_suite
 from sparse_circuits.errors import ConfigError, TaskFileError, UserError
 
 _log = reporting.get(__name__)

@@ -26,11 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_circuits import circuit as circuit_lib
-from sparse_circuits import controls
+from sparse_circuits import data
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
-from sparse_circuits import search
+from sparse_circuits import runs
+from sparse_circuits import sparsity
+from sparse_circuits.circuits import controls
+from sparse_circuits.circuits import document as circuit_lib
+from sparse_circuits.circuits import search
+from sparse_circuits.tasks import binary as tasks_lib
 
 _log = reporting.get(__name__)
 
@@ -170,7 +174,6 @@ def random_pruner(ctx, seed, batches, pc, sites):
   """A randomly initialised model of the same shape (sparsified to the run's
   final k when the run is sparse) with its own means, for the random-init
   control."""
-  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   cfg = ctx.cfg
   rand = model_lib.init_params(cfg, seed + 1)
   if ctx.plan is not None:
@@ -216,7 +219,6 @@ def choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned):
   its test pairs right (from eval_summary.json of this step, else
   evaluated here): a circuit for a task the model cannot do explains
   nothing."""
-  from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if not learned:
     return {n: {"status": "pruned", "reason": "asked for"} for n in all_tasks}
   acc = {}
@@ -247,9 +249,6 @@ def run(config, workdir: str):
   ("learned": every task the model gets >= prune.min_accuracy right), and
   circuits/prune_summary.json. The means, the tokenized tasks and the
   compiled programs are shared by every task."""
-  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   r = runs.load(workdir, overlay=config)
   config, cfg, params, step, tok = r.config, r.cfg, r.params, r.step, r.tokenizer
   pc = config.prune

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from sparse_circuits import reporting
-from sparse_circuits import search
+from sparse_circuits.circuits import search
 
 
 def nonsense_labels(data, seed):

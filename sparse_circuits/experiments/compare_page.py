@@ -166,7 +166,7 @@ def page(summary: dict) -> str:
     for t in tasks:
       cells = [esc(t) + ("*" if summary["tasks"][t]["status"] == "dropped"
                          else ""), f"{summary['tasks'][t]['target']:.4f}"]
-      for n, m in models:
+      for _, m in models:
         r = m["tasks"][t]
         cells.append(f'<a href="{esc(r["viewer"])}">{r["edges"]:,} / '
                      f'{r["nodes"]:,}</a>'
@@ -193,7 +193,7 @@ def page(summary: dict) -> str:
       f"{b['n']} bootstrap resamples of the tasks (seed {b['seed']}). "
       "Matched loss: log-edges of the dense frontier linear in loss between "
       "the two nearest dense models. Details: the docstring of "
-      "sparse_circuits/compare.py.</p>")
+      "sparse_circuits/experiments/compare.py.</p>")
   return ("<!doctype html><html><head><meta charset='utf-8'>"
           "<title>Sparse vs dense circuits</title>"
           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")

@@ -59,8 +59,18 @@ import time
 import numpy as np
 
 from sparse_circuits import checkpoints
+from sparse_circuits import config_lib
+from sparse_circuits import data
 from sparse_circuits import errors
+from sparse_circuits import evaluate
 from sparse_circuits import reporting
+from sparse_circuits import runs
+from sparse_circuits import sparsity
+from sparse_circuits import train
+from sparse_circuits import viz
+from sparse_circuits.circuits import prune
+from sparse_circuits.experiments import compare_page
+from sparse_circuits.tasks import suite as task_suite
 
 _log = reporting.get(__name__)
 
@@ -111,7 +121,6 @@ def model_config(config, spec):
 
 def models(config, workdir: str) -> list[Model]:
   """The family, validated before anything runs (names the bad field)."""
-  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
   cc = config.compare
   out = []
   for name, spec in cc.models.items():
@@ -217,7 +226,6 @@ def _timed(log, key, fp, fn, *args):
 
 
 def _train(m: Model, log: StageLog):
-  from sparse_circuits import train  # pylint: disable=g-import-not-at-top
   n = m.config.train.num_steps
   if checkpoints.latest_step(m.workdir) is not None:
     bad = _mismatch(checkpoints.load_config(m.workdir), m.config)
@@ -235,7 +243,6 @@ def _train(m: Model, log: StageLog):
 
 
 def _eval(m: Model, log: StageLog) -> dict:
-  from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top
   step = m.config.train.num_steps
   key = f"eval/{m.name}"
   fp = fingerprint({"step": step, "tasks": m.config.tasks.to_dict(),
@@ -257,7 +264,6 @@ def _circuit_config(m: Model, task: str, target: float):
 
 
 def _prune(m: Model, task: str, target: float, log: StageLog) -> dict:
-  from sparse_circuits import prune  # pylint: disable=g-import-not-at-top
   step = m.config.train.num_steps
   c = _circuit_config(m, task, target)
   key = f"prune/{m.name}/{task}"
@@ -356,8 +362,6 @@ def _l0(m: Model) -> dict:
   """Nonzero and total entries of the matrices weight sparsity acts on
   (the same matrices for sparse and dense models)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   r = runs.load(m.workdir, step=m.config.train.num_steps)
   nz = total = 0
   for path, w in jax.tree_util.tree_flatten_with_path(r.params)[0]:
@@ -369,7 +373,6 @@ def _l0(m: Model) -> dict:
 
 
 def _bigram_solvable(name: str) -> bool:
-  from sparse_circuits import task_suite  # pylint: disable=g-import-not-at-top
   gen = task_suite.GENERATORS.get(name)
   return gen is not None and not gen.bigram_proof
 
@@ -541,7 +544,6 @@ def _finite(x):
 
 def _shared_tokenizer(config, workdir: str) -> str:
   """The tokenizer all models use: the config's, else one built once."""
-  from sparse_circuits import data  # pylint: disable=g-import-not-at-top
   if config.data.tokenizer_dir:
     return os.path.abspath(config.data.tokenizer_dir)
   base = config.copy_and_resolve_references()
@@ -553,8 +555,6 @@ def _shared_tokenizer(config, workdir: str) -> str:
 def run(config, workdir: str) -> dict:
   """`--mode=compare`: trains, evaluates and prunes the family (resuming any
   finished stage) and writes WORKDIR/compare/{summary.json,index.html}."""
-  from sparse_circuits import compare_page  # pylint: disable=g-import-not-at-top,line-too-long
-  from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   cc = config.compare
   ms = models(config, workdir)  # validates before anything runs

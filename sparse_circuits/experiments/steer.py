@@ -37,11 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_circuits import bridge as bridge_lib
+from sparse_circuits import data as data_lib
 from sparse_circuits import errors
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
+from sparse_circuits import runs
 from sparse_circuits import sites as sites_lib
+from sparse_circuits import viz
+from sparse_circuits.experiments import bridge as bridge_lib
 
 _log = reporting.get(__name__)
 
@@ -249,9 +252,6 @@ def run(config, workdir: str) -> dict:
   circuit for config.steer.task (--mode=prune). Writes
   WORKDIR/circuits/<task>/steer.json and adds the plot to that circuit's
   page."""
-  from sparse_circuits import data as data_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import viz  # pylint: disable=g-import-not-at-top
   st = config.steer
   sparse = runs.load(workdir, overlay=config)
   # The dense run the bridges were trained against (stored in the bridged

@@ -22,7 +22,7 @@ Every candidate is in `tokenizer.REQUIRED_TOKENS`, so every tokenizer this
 project trains has it as one token. Turning pairs into token arrays, loss and
 accuracy live in `tasks.py`.
 
-`python -m sparse_circuits.task_suite --markdown` prints the README's table.
+`python -m sparse_circuits.tasks.suite --markdown` prints the task table of docs/tasks.md.
 """
 
 import dataclasses
@@ -360,7 +360,7 @@ def _with_open(g: _Gen):
   q = g.pick(("'", '"'))
   base = g.pick(NAMES)
   wrap = g.pick(("{}", "{}", f"os.path.join({base}, {{}})",
-                 f"self.{{}}", "str({})"))
+                 "self.{}", "str({})"))
   opener = g.pick(("with open(", "with open(", "with io.open(",
                    f"{fp} = open("))
 
@@ -865,5 +865,5 @@ def markdown_table(tail_chars: int = 48) -> str:
 
 if __name__ == "__main__":
   if sys.argv[1:] != ["--markdown"]:
-    sys.exit("usage: python -m sparse_circuits.task_suite --markdown")
+    sys.exit("usage: python -m sparse_circuits.tasks.suite --markdown")
   print(markdown_table())

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from sparse_circuits import scoring
+from sparse_circuits.tasks import scoring
 
 EVAL_CHUNK = 4  # node sets per evaluation call at most: bounds memory
 
