@@ -1,5 +1,6 @@
 """The task suite: generation, tokenization, right-padding, bigram-proofing,
-tokenizer robustness, user tasks, the README table and `--mode=eval`."""
+tokenizer robustness, user tasks, the task table of docs/tasks.md and
+`--mode=eval`."""
 
 import dataclasses
 import json
@@ -12,13 +13,12 @@ import numpy as np
 import pytest
 
 from sparse_circuits import checkpoints
-from sparse_circuits import circuit as circuit_lib
+from sparse_circuits.circuits import document as circuit_lib
 from sparse_circuits import config_lib
 from sparse_circuits import model as model_lib
-from sparse_circuits import prune
-from sparse_circuits import scoring
-from sparse_circuits import task_suite
-from sparse_circuits import tasks
+from sparse_circuits.tasks import scoring
+from sparse_circuits.tasks import suite as task_suite
+from sparse_circuits.tasks import binary as tasks
 from sparse_circuits import tokenizer as tokenizer_lib
 
 N_TRAIN, N_TEST, MAX_LEN = 48, 24, 128
@@ -29,7 +29,7 @@ PAPER = ("single_double_quote", "final_kwarg", "set_or_string",
          "else_elif", "fstring_brace", "if_ternary", "var_swap", "indent_for",
          "lambda_func", "if_equals", "enumerate_range", "var_if",
          "while_return_true")
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+TASKS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 
 
 @pytest.fixture(scope="module")
@@ -294,14 +294,14 @@ def test_build_checks_its_arguments(tok):
     tasks.build("set_or_string", tok, n_train=3, n_test=4, seed=0, max_len=8)
 
 
-def test_readme_task_table_is_the_generated_one():
-  """Regenerate with `python -m sparse_circuits.task_suite --markdown`."""
-  text = README.read_text()
+def test_task_table_in_the_docs_is_the_generated_one():
+  """Regenerate with `python -m sparse_circuits.tasks.suite --markdown`."""
+  text = TASKS_DOC.read_text()
   start = text.index("<!-- task table -->") + len("<!-- task table -->")
   end = text.index("<!-- end task table -->")
   assert text[start:end].strip() == task_suite.markdown_table(), (
-      "README's task table is stale: paste the output of `python -m "
-      "sparse_circuits.task_suite --markdown` between its markers")
+      "docs/tasks.md's task table is stale: paste the output of `python -m "
+      "sparse_circuits.tasks.suite --markdown` between its markers")
   assert task_suite.markdown_table().count("\n| `") == len(
       task_suite.TASK_NAMES)
 
