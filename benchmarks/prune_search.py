@@ -26,11 +26,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sparse_circuits.circuits import document as circuit_lib  # pylint: disable=wrong-import-position
 from sparse_circuits import config_lib  # pylint: disable=wrong-import-position
-from sparse_circuits import data  # pylint: disable=wrong-import-position
 from sparse_circuits.circuits import prune  # pylint: disable=wrong-import-position
-from sparse_circuits import runs  # pylint: disable=wrong-import-position
 from sparse_circuits.circuits import search  # pylint: disable=wrong-import-position
 from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=wrong-import-position
 
@@ -41,16 +38,11 @@ def _load(workdir, task_name):
                      "main command, or --mode=train)")
   # This code's prune settings for the run's size, not the stored ones.
   stored = checkpoints.load_config(workdir)
-  r = runs.load(workdir, overlay={"prune": config_lib.base_config(
+  s = prune.setup(workdir, overlay={"prune": config_lib.base_config(
       stored.get("name", "tiny")).prune.to_dict()})
-  config, cfg = r.config, r.cfg
-  info = data.prepare(config, workdir, reuse=True)
-  name = task_name or config.prune.tasks[0]
-  task = tasks_lib.build_all(config, r.tokenizer, names=[name])[name]
-  sites = circuit_lib.node_sites(cfg)
-  batches = data.eval_batches(config, info, config.prune.mean_batches)
-  means = prune.compute_means(r.params, cfg, batches, sites)
-  return config, r, means, task, sites, batches
+  name = task_name or s.run.config.prune.tasks[0]
+  task = tasks_lib.build_all(s.run.config, s.run.tokenizer, names=[name])[name]
+  return s, task
 
 
 def _timed(fn):
@@ -88,18 +80,19 @@ def main(argv=None):
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--full", action="store_true")
   args = ap.parse_args(argv)
-  config, r, means, task, sites, batches = _load(args.workdir, args.task)
-  cfg, params, pc = r.cfg, r.params, config.prune
+  s, task = _load(args.workdir, args.task)
+  r, config = s.run, s.run.config
+  pc = config.prune
   print(f"{task.name} on {args.workdir} (step {r.step}), "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs; default "
         f"search: {pc.sweep_size} settings x {pc.steps} mask steps, "
         f"{pc.stability_seeds} stability seeds, nonsense control "
         f"{pc.nonsense_control}")
   if args.full:
-    pruner = search.Pruner(params, cfg, means, sites, pc)
+    pruner = s.pruner()
     t_task, res = _timed(lambda: prune.prune_task(pruner, task,
                                                   progress=False))
-    rand = prune.random_pruner(r.ctx, config.seed, batches, pc, sites)
+    rand = prune.random_pruner(r.ctx, config.seed, s.batches, pc, s.sites)
     t_rand, _ = _timed(lambda: prune.random_control(rand, task, res))
     print(f"whole search of one task (compilation included): {t_task:.1f} s "
           f"(sweep and k search {res['search_seconds']:.1f} s); random-init "
@@ -107,7 +100,7 @@ def main(argv=None):
           f"{'' if res['reached'] else ' (target not reached)'}")
   short = pc.copy_and_resolve_references()
   short.steps = args.steps
-  pruner = search.Pruner(params, cfg, means, sites, short)
+  pruner = s.pruner(short)
   sizes = [int(x) for x in args.settings.split(",")]
   settings = search.sweep_settings(_with_size(short, max(sizes)))
   print(f"{'settings':>8} {'train vmapped':>14} {'train loop':>11} "

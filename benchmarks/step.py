@@ -201,8 +201,8 @@ def format_train(config, r) -> str:
       f"parameters ({r['n_active'] / 1e6:.2f}M in matmuls), "
       f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, on "
       f"{r['device']}",
-      f"  {config.train.get('microbatches', 1)} microbatch(es), remat "
-      f"{config.model.get('remat', 'none')}, compute "
+      f"  {config.train.microbatches} microbatch(es), remat "
+      f"{config.model.remat}, compute "
       f"{config.model.compute_dtype}: train step needs "
       f"{r['step_memory_gb']:.2f} GB (XLA's peak estimate), compiled in "
       f"{r['compile_s']:.0f} s",
@@ -328,25 +328,17 @@ def _synthetic_task(config, n, length, seed=0):
 def _prune_inputs(config, workdir):
   """(config, params, means, task, label): a trained run or a random model."""
   from sparse_circuits import checkpoints  # pylint: disable=g-import-not-at-top
-  from sparse_circuits.circuits import document as circuit_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sites as sites_lib  # pylint: disable=g-import-not-at-top
   from sparse_circuits.circuits import prune  # pylint: disable=g-import-not-at-top
+  from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=g-import-not-at-top
   if workdir and checkpoints.latest_step(workdir) is not None:
-    from sparse_circuits import data  # pylint: disable=g-import-not-at-top
-    from sparse_circuits.tasks import binary as tasks_lib  # pylint: disable=g-import-not-at-top
-    from sparse_circuits import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-    run_cfg = checkpoints.load_config(workdir)
-    with run_cfg.unlocked():
-      run_cfg.prune, run_cfg.tasks = config.prune, config.tasks
-    cfg = runs.model_config(run_cfg)
-    params, step = checkpoints.restore_params(
-        workdir, train.make_setup(run_cfg, jax.devices()[:1]).abstract_params)
-    info = data.prepare(run_cfg, workdir)
-    name = run_cfg.prune.tasks[0]
-    task = tasks_lib.build_all(run_cfg, tok_lib.load(info.tokenizer_dir),
-                               names=[name])[name]
-    batches = data.eval_batches(run_cfg, info, run_cfg.prune.mean_batches)
-    label = f"{name} on {workdir} (step {step})"
-    config = run_cfg
+    s = prune.setup(workdir, overlay=config)  # this config's prune, tasks
+    config, cfg, params = s.run.config, s.run.cfg, s.run.params
+    name = config.prune.tasks[0]
+    task = tasks_lib.build_all(config, s.run.tokenizer, names=[name])[name]
+    label = f"{name} on {workdir} (step {s.run.step})"
+    means = {k: jnp.asarray(v) for k, v in s.means.items()}
+    return config, cfg, params, means, task, s.sites, label
   else:
     cfg = runs.model_config(config)
     params = model_lib.init_params(cfg, config.seed)
@@ -360,7 +352,7 @@ def _prune_inputs(config, workdir):
                              config.model.block_size + 1), dtype=np.int32)
                for _ in range(2)]
     label = "synthetic task on a random model"
-  sites = circuit_lib.node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   means = prune.compute_means(params, cfg, batches, sites)
   means = {k: jnp.asarray(v) for k, v in means.items()}
   return config, cfg, params, means, task, sites, label

@@ -4,7 +4,7 @@
   python -m sparse_circuits.main --config=configs/base.py:tiny_dense --workdir=runs/tiny_dense
   python -m sparse_circuits.main --config=configs/base.py:paper --mode=train --workdir=runs/paper
 
-Sizes: tiny (CPU, minutes), small, paper (the authors' default model); a
+Sizes: micro (the tests' model, seconds), tiny (CPU, minutes), small, paper (the authors' default model); a
 `_dense` suffix gives the dense baseline of the same shape (pfrac = ef**2, no
 activation sparsity).
 """

@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 
 from sparse_circuits import data
 from sparse_circuits import distributed
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits.errors import CheckpointError
 
@@ -42,7 +43,7 @@ EXTRA_ITEMS = ("bridges",)
 
 
 def ckpt_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return layout.Layout(workdir).checkpoints
 
 
 def manager(workdir: str, keep: int = 2, async_save: bool = True,

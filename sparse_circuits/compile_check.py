@@ -29,10 +29,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from sparse_circuits.circuits import document as circuit_lib
 from sparse_circuits import flops
 from sparse_circuits.circuits import search
 from sparse_circuits import sharding
+from sparse_circuits import sites as sites_lib
 from sparse_circuits import train
 
 GB = 1e9
@@ -135,7 +135,7 @@ def prune_step_report(setup) -> Report:
   program does not shard its batch)."""
   config, cfg = setup.config, setup.cfg
   pc = config.prune
-  sites = circuit_lib.node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   n_set = int(pc.sweep_size)
   n_prompts, t_len = max(config.tasks.n_train, 2), min(PROMPT_LEN,
                                                          cfg.block_size)
@@ -207,11 +207,11 @@ def format_table(reports, limit, config, devices) -> str:
                 f"{r.temp_bytes / GB:>7.3f}GB {r.per_device_bytes / GB:>8.3f}GB"
                 f" {r.flops / 1e9:>10.1f} {r.compile_seconds:>7.1f}s")
   per_device = model_flops / n_devices
-  micro = t.get("microbatches", 1)
+  micro = t.microbatches
   rows.append(f"tokens per train step: {tokens:,} ({t.batch_size} x "
               f"{config.model.block_size}, {micro} microbatch"
               f"{'es' * (micro > 1)} of {t.batch_size // micro}; remat "
-              f"{config.model.get('remat', 'none')}, compute "
+              f"{config.model.remat}, compute "
               f"{config.model.compute_dtype})")
   rows.append(f"model FLOPs of one train step (6 N_active + attention, all "
               f"devices): {model_flops / 1e9:,.1f} GFLOP = "
@@ -223,7 +223,7 @@ def format_table(reports, limit, config, devices) -> str:
     rows.append(f"at {PEAK_SHARE:.0%} of the {kind} bf16 peak ({peak:g} "
                 f"TFLOP/s per device) a train step takes {1e3 * step_s:,.0f}"
                 f" ms: {tokens / step_s:,.0f} tokens/s")
-  if micro > 1 or config.model.get("remat", "none") != "none":
+  if micro > 1 or config.model.remat != "none":
     rows.append("(XLA's GFLOP count takes a loop body once: the train step's "
                 "is one microbatch's, with one layer's remat)")
   excess = reports[0].flops / per_device

@@ -12,6 +12,8 @@ from sparse_circuits.errors import ConfigError
 SIZES = {
     # name: (n_layer, d_model, n_head, d_head, d_mlp, block_size, batch,
     #        steps, pfrac, expansion_factor)
+    # micro: the tests' model (seconds on a CPU), on 2.5 MB of the corpus.
+    "micro": (1, 32, 2, 16, 128, 32, 8, 20, 1.0, 2.0),
     "tiny": (2, 128, 8, 16, 512, 64, 64, 900, 1.0, 2.0),
     "small": (4, 256, 16, 16, 1024, 256, 64, 5000, 1.0, 4.0),
     "paper": (8, 1024, 64, 16, 4096, 256, 512, 100000, 0.25, 4.0),
@@ -127,6 +129,12 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.tasks.user_tasks = ""          # path to a .jsonl of user tasks
   c.tasks.names = ()               # tasks to build/evaluate; () = suite + user
   c.tasks.suite = "paper"          # "paper" (the paper's 20) or "all" (+ extras)
+
+  if size == "micro":  # every step logged; checkpoints and evals at 10
+    c.data.max_corpus_bytes = 2_500_000
+    c.data.eval_fraction = 0.03
+    c.train.log_every, c.train.eval_every = 1, 10
+    c.train.checkpoint_every, c.train.eval_batches = 10, 1
 
   c.prune = ml_collections.ConfigDict()
   # Task names, or ("learned",): every task the model gets >= min_accuracy
@@ -248,16 +256,16 @@ def validate(c) -> None:
              f"{m.afrac} keeps no channel of a width-{smallest} site")
   _require(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype",
            f"must be float32 or bfloat16, got {m.compute_dtype!r}")
-  _require(m.get("remat", "none") in model_lib.REMAT_POLICIES, "model.remat",
+  _require(m.remat in model_lib.REMAT_POLICIES, "model.remat",
            f"want one of {sorted(model_lib.REMAT_POLICIES)}, got "
-           f"{m.get('remat')!r}")
+           f"{m.remat!r}")
   _require(m.vocab_size == 2048 or c.data.tokenizer_dir, "model.vocab_size",
            "the built-in tokenizer has 2048 ids; set data.tokenizer_dir for "
            "another vocabulary")
   t = c.train
   _require(t.num_steps > 0, "train.num_steps", "must be positive")
   _require(t.batch_size > 0, "train.batch_size", "must be positive")
-  micro = t.get("microbatches", 1)
+  micro = t.microbatches
   _require(isinstance(micro, int) and micro >= 1 and
            t.batch_size % micro == 0, "train.microbatches",
            f"must be a positive integer dividing train.batch_size="
@@ -280,16 +288,16 @@ def validate(c) -> None:
   _require(len(tuple(c.mesh.shape)) == 3, "mesh.shape",
            "needs 3 entries (data, fsdp, tensor)")
   _validate_prune(c.prune)
-  _require(c.tasks.get("suite", "paper") in ("paper", "all"), "tasks.suite",
-           f"must be 'paper' or 'all', got {c.tasks.get('suite')!r}")
+  _require(c.tasks.suite in ("paper", "all"), "tasks.suite",
+           f"must be 'paper' or 'all', got {c.tasks.suite!r}")
   if "bridge" in c:
     b = c.bridge
     _require(0.0 <= b.encoder_afrac <= 1.0, "bridge.encoder_afrac",
              f"must be in [0, 1] (0 = off), got {b.encoder_afrac}")
     for k, v in b.coefs.items():
       _require(v >= 0, f"bridge.coefs.{k}", f"must be >= 0, got {v}")
-    _require(b.get("kl_paths", "all") in ("all", "cycle"), "bridge.kl_paths",
-             f"must be 'all' or 'cycle', got {b.get('kl_paths')!r}")
+    _require(b.kl_paths in ("all", "cycle"), "bridge.kl_paths",
+             f"must be 'all' or 'cycle', got {b.kl_paths!r}")
   if "steer" in c:
     st = c.steer
     _require(len(st.strengths) > 0 and min(st.strengths) >= 0,

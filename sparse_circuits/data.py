@@ -38,6 +38,7 @@ import tensorstore as ts
 import tqdm
 
 from sparse_circuits import corpus as corpus_lib
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits import tokenizer as tokenizer_lib
 from sparse_circuits.errors import DataError
@@ -274,7 +275,7 @@ def run(config, workdir) -> DataInfo:
   """`--mode=data`: prepare, write WORKDIR/data_summary.json, print it."""
   info = prepare(config, workdir)
   s = info.summary
-  (epath.Path(workdir) / "data_summary.json").write_text(
+  epath.Path(layout.Layout(workdir).data_summary).write_text(
       json.dumps(s, indent=1))
   skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
   _log.info(f"data: {s['files']} files ({s['heldout_files']} held out), "

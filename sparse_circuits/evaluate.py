@@ -14,13 +14,13 @@ with the paper's tasks first. A task whose candidates the run's tokenizer
 cannot compare (see tasks.py) is skipped with its reason; the others still run.
 """
 
-import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from sparse_circuits import data
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits import runs
 from sparse_circuits import sharding
@@ -92,8 +92,7 @@ def run(config, workdir: str) -> dict:
   summary = {"lm_loss": lm, "step": r.step, "tasks": results,
              "skipped": skipped}
   if jax.process_index() == 0:
-    path = reporting.write_json(os.path.join(workdir, "eval_summary.json"),
-                                summary)
+    path = reporting.write_json(layout.Layout(workdir).eval_summary, summary)
     _log.info(f"eval of {workdir} at step {r.step}: held-out LM loss {lm:.4f}\n"
           f"{format_table(summary)}\nwrote {path}")
   return summary

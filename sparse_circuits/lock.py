@@ -23,12 +23,11 @@ import time
 import jax
 
 from sparse_circuits import distributed
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits.errors import WorkdirLockedError
 
 _log = reporting.get(__name__)
-
-LOCK_FILE = "LOCK"
 
 
 def _alive(pid: int) -> bool:
@@ -68,7 +67,7 @@ def _refuse(path: str, owner: dict | None):
 def acquire(workdir: str) -> int:
   """Takes WORKDIR/LOCK; returns the open descriptor that holds it."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+  path = layout.Layout(workdir).lock
   me = {"host": socket.gethostname(), "pid": os.getpid(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S")}
   while True:
@@ -104,7 +103,7 @@ def acquire(workdir: str) -> int:
 
 def release(workdir: str, fd: int) -> None:
   """Removes WORKDIR/LOCK (while still holding it) and closes it."""
-  path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+  path = layout.Layout(workdir).lock
   try:
     os.unlink(path)
   finally:

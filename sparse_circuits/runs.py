@@ -36,6 +36,7 @@ from sparse_circuits import checkpoints
 from sparse_circuits import config_lib
 from sparse_circuits import data
 from sparse_circuits import errors
+from sparse_circuits import layout
 from sparse_circuits import model as model_lib
 from sparse_circuits import sharding
 from sparse_circuits import sparsity
@@ -49,8 +50,8 @@ OVERLAY_SECTIONS = ("tasks", "prune", "eval")
 
 @functools.cache
 def _DEFAULTS() -> ml_collections.ConfigDict:  # pylint: disable=invalid-name
-  """This version's default config: the fields an overlay may set even when
-  an older run's stored config lacks them."""
+  """This version's default config: what an older run's stored config is
+  upgraded with."""
   return config_lib.base_config("tiny")
 
 
@@ -126,8 +127,32 @@ def _update(dst: ml_collections.ConfigDict, src: Mapping[str, Any], where,
       dst[k] = v
 
 
+def _fill(dst: ml_collections.ConfigDict, defaults) -> None:
+  for k, v in defaults.items():
+    if k not in dst:
+      dst[k] = (ml_collections.ConfigDict(v.to_dict())
+                if isinstance(v, ml_collections.ConfigDict) else v)
+    elif isinstance(v, ml_collections.ConfigDict) and isinstance(
+        dst[k], ml_collections.ConfigDict):
+      _fill(dst[k], v)
+
+
+def upgrade_config(stored) -> ml_collections.ConfigDict:
+  """A stored config with every field this version added since, at its
+  default (which is the behaviour of the version that stored it: a field is
+  only ever added with the old behaviour as its default). The one place old
+  configs are upgraded; code that reads a run's config reads every field
+  directly."""
+  config = ml_collections.ConfigDict(
+      stored.to_dict() if hasattr(stored, "to_dict") else dict(stored))
+  with config.unlocked():
+    _fill(config, _DEFAULTS())
+  return config
+
+
 def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
-  """The run's stored config with the caller's analysis settings on top.
+  """The run's stored config, upgraded, with the caller's analysis settings
+  on top.
 
   `overlay` is either a whole config (the command line's: its `tasks`,
   `prune` and `eval` sections replace the stored ones, and its
@@ -135,8 +160,7 @@ def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
   mapping of just the fields to change, e.g. `{"tasks": {"n_test": 64}}`
   (from a notebook; only the OVERLAY_SECTIONS, plus `train.eval_batches`).
   """
-  merged = ml_collections.ConfigDict(
-      stored.to_dict() if hasattr(stored, "to_dict") else dict(stored))
+  merged = upgrade_config(stored)
   if overlay is None:
     return merged
   with merged.unlocked():
@@ -146,7 +170,7 @@ def overlay_config(stored, overlay=None) -> ml_collections.ConfigDict:
           merged[sec] = ml_collections.ConfigDict(overlay[sec].to_dict())
       if "train" in overlay and "eval_batches" in overlay.train:
         merged.train.eval_batches = overlay.train.eval_batches
-      if "data" in overlay and overlay.data.get("tokenizer_dir", ""):
+      if "data" in overlay and overlay.data.tokenizer_dir:
         merged.data.tokenizer_dir = overlay.data.tokenizer_dir
       return merged
     for sec, fields in overlay.items():
@@ -168,12 +192,11 @@ def tokenizer_dir(config, workdir: str) -> str:
   built with (the data manifest), else WORKDIR/data/tokenizer."""
   if config.data.get("tokenizer_dir", ""):
     return config.data.tokenizer_dir
-  manifest = os.path.join(workdir, "data", "manifest.json")
-  if os.path.exists(manifest):
-    with open(manifest) as f:
-      return data.manifest_tokenizer_dir(os.path.dirname(manifest),
-                                         json.load(f))
-  return os.path.join(workdir, "data", "tokenizer")
+  where = layout.Layout(workdir)
+  if os.path.exists(where.manifest):
+    with open(where.manifest) as f:
+      return data.manifest_tokenizer_dir(where.data, json.load(f))
+  return where.tokenizer
 
 
 # ------------------------------------------------------------- the API
@@ -303,7 +326,8 @@ class Run:
   def circuit(self, task_name: str) -> "Circuit":
     """WORKDIR/circuits/<task>/circuit.json with the means it was pruned
     against."""
-    path = os.path.join(self.workdir, "circuits", task_name, "circuit.json")
+    where = layout.Layout(self.workdir)
+    path = where.circuit(task_name)
     if not os.path.exists(path):
       raise errors.RunFileError(f"no circuit for {task_name!r}: {path} is "
                                 "missing (run --mode=prune)")
@@ -313,7 +337,7 @@ class Run:
     except json.JSONDecodeError as err:
       raise errors.RunFileError(f"{path} is not valid JSON: {err}") from err
     step = doc.get("model", {}).get("step", self.step)
-    means_path = os.path.join(self.workdir, "prune", f"means_{step}.npz")
+    means_path = where.means(step)
     if not os.path.exists(means_path):
       raise errors.RunFileError(f"{path} was pruned against {means_path}, "
                                 "which is missing")

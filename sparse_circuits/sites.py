@@ -5,7 +5,10 @@ them): `{L}.resid_in`, `{L}.attn.act_in`, ... `final_resid`. The model
 captures and intervenes at these names, the config validates activation
 sparsity against `AFRAC_SITES`, circuits use `NODE_KINDS`, the viewer colours
 by kind, and interop maps the authors' `afrac_loctypes` onto `AFRAC_SITES`.
-Every list of names in the package is derived from the tables here.
+Every list of names in the package is derived from the tables here, and
+`NodeIndex` is the one map between the three ways nodes are held: a flat
+vector in forward order (what the pruning search trains), one vector per
+site, and ids ("1.mlp.post_act:37").
 
 TransformerLens aliases (for readers coming from it): `resid_in` =
 `blocks.L.hook_resid_pre`, `resid_mid` = `hook_resid_mid`, `attn.q|k|v` =
@@ -14,6 +17,10 @@ TransformerLens aliases (for readers coming from it): `resid_in` =
 `mlp.resid_delta` = `hook_mlp_out`, `final_resid` = `ln_final.hook_scale`'s
 input.
 """
+
+import dataclasses
+
+import numpy as np
 
 # Per-layer sites in forward order (the layer index is prefixed: "0.attn.q").
 LAYER_SITES = ("resid_in", "attn.act_in", "attn.q", "attn.k", "attn.v",
@@ -86,3 +93,81 @@ def sublayer_of_read(name: str) -> int:
     raise ValueError(f"{name!r} is not a residual read site; those are "
                      f"'{{i}}.{reads[0]}' and '{{i}}.{reads[1]}'")
   return 2 * layer + reads.index(rest)
+
+
+# ------------------------------------------------------------------ nodes
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """One node site of a model: a vector of `width` nodes."""
+  name: str      # e.g. "1.mlp.post_act"
+  layer: int
+  kind: str      # a value of NODE_KINDS
+  width: int
+  order: int     # position in forward order, for residual edges
+
+
+def node_sites(cfg) -> list[Site]:
+  """Every node site of a model (a `model.ModelConfig`) in forward order."""
+  hd = cfg.n_head * cfg.d_head
+  widths = {"resid_read": cfg.d_model, "resid_write": cfg.d_model, "q": hd,
+            "k": hd, "v": hd, "mlp_neuron": cfg.d_mlp}
+  out = []
+  for layer in range(cfg.n_layer):
+    for suffix, kind_ in NODE_KINDS.items():
+      out.append(Site(f"{layer}.{suffix}", layer, kind_, widths[kind_],
+                      len(out)))
+  return out
+
+
+def node_id(site: str, index: int) -> str:
+  """"1.mlp.post_act", 37 -> "1.mlp.post_act:37"."""
+  return f"{site}:{index}"
+
+
+def parse_node_id(node: str) -> tuple[str, int]:
+  """"1.mlp.post_act:37" -> ("1.mlp.post_act", 37)."""
+  site, _, index = node.rpartition(":")
+  if not site or not index.isdigit():
+    raise ValueError(f"{node!r} is not a node id (want SITE:INDEX, e.g. "
+                     "'1.mlp.post_act:37')")
+  return site, int(index)
+
+
+class NodeIndex:
+  """The nodes of a model three ways: flat (sites concatenated in forward
+  order, the last axis of an array), per site ({site: [..., width]}) and
+  by id."""
+
+  def __init__(self, sites):
+    self.sites = tuple(sites)
+    self.starts = np.cumsum([0] + [s.width for s in self.sites])
+    self.n = int(self.starts[-1])
+    self._site = {s.name: i for i, s in enumerate(self.sites)}
+
+  def split(self, flat) -> dict:
+    """Flat [..., n] -> {site name: [..., width]} (NumPy or JAX arrays)."""
+    return {s.name: flat[..., a:b] for s, a, b in
+            zip(self.sites, self.starts[:-1], self.starts[1:])}
+
+  def join(self, per_site) -> np.ndarray:
+    """{site name: [..., width]} -> flat [..., n] (NumPy)."""
+    return np.concatenate([np.asarray(per_site[s.name]) for s in self.sites],
+                          axis=-1)
+
+  def ids(self, flat) -> list[str]:
+    """The ids of the nonzero entries of a flat [n] vector, in order."""
+    return [node_id(name, int(i)) for name, part in self.split(
+        np.asarray(flat)).items() for i in np.nonzero(part)[0]]
+
+  def flat(self, ids) -> np.ndarray:
+    """A flat [n] boolean vector with the nodes of `ids` set."""
+    out = np.zeros(self.n, bool)
+    for node in ids:
+      site, i = parse_node_id(node)
+      if site not in self._site or not 0 <= i < self.sites[
+          self._site[site]].width:
+        raise ValueError(f"{node!r} is not a node of this model")
+      out[self.starts[self._site[site]] + i] = True
+    return out

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from sparse_circuits import checkpoints
 from sparse_circuits import data
 from sparse_circuits import distributed
+from sparse_circuits import layout
 from sparse_circuits import lock
 from sparse_circuits import model as model_lib
 from sparse_circuits import optim
@@ -146,7 +147,7 @@ def make_train_step(setup: Setup):
   change the data position and the checkpoints.
   """
   cfg, plan, tx, objective = setup.cfg, setup.plan, setup.tx, setup.objective
-  micro = int(setup.config.train.get("microbatches", 1))
+  micro = int(setup.config.train.microbatches)
   batch_size = setup.config.train.batch_size
   n_batch = math.prod(setup.mesh.shape[a] for a in sharding.BATCH_AXES)
   if micro < 1 or batch_size % (micro * n_batch):
@@ -242,7 +243,7 @@ class MetricsLog:
   """DIR/metrics.jsonl, one JSON row per logged step, written by process 0."""
 
   def __init__(self, workdir, resume_step):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = layout.Layout(workdir).metrics
     self.enabled = jax.process_index() == 0
     if self.enabled and os.path.exists(self.path):  # drop rows after resume
       # A run killed mid-write leaves a partial last line: skipped, not fatal.
@@ -297,22 +298,20 @@ def _restore_or_init(setup, config, mngr, it):
   return params, opt_state, 0
 
 
-def run(config, workdir: str, on_step: Callable[[int], Any] | None = None,
-        objective: Objective | None = None):
+def run(config, workdir: str, objective: Objective | None = None):
   """`--mode=train`: train (or resume) and checkpoint into workdir; with an
   `objective`, what it says (e.g. `--mode=bridge`).
 
   Holds WORKDIR/LOCK throughout (one training process per workdir). On
   SIGTERM/SIGINT it finishes the step in flight, saves it and raises
-  `preemption.Preempted`. `on_step(step)` is called after each step with the
-  number of steps done (tests use it to interrupt a run at a known step).
+  `preemption.Preempted`.
   """
   os.makedirs(workdir, exist_ok=True)
   with lock.workdir_lock(workdir):
-    return _run(config, workdir, on_step, objective)
+    return _run(config, workdir, objective)
 
 
-def _run(config, workdir, on_step, objective=None):
+def _run(config, workdir, objective=None):
   setup = make_setup(config, objective=objective)
   info = distributed.primary_first(data.prepare, config, workdir)
   it = data.train_iterator(config, info)
@@ -323,7 +322,7 @@ def _run(config, workdir, on_step, objective=None):
   try:
     with preemption.StopRequest() as stop:
       params, stopped = _loop(config, workdir, setup, it, eval_batches, mngr,
-                              stop, on_step)
+                              stop)
   finally:
     mngr.close()  # waits for the last save; no Orbax threads left behind
   if stopped is not None:
@@ -334,7 +333,7 @@ def _run(config, workdir, on_step, objective=None):
   return params
 
 
-def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
+def _loop(config, workdir, setup, it, eval_batches, mngr, stop):
   """The training steps; (params, None) or (params, (signal, step saved))."""
   t = config.train
   params, opt_state, start = _restore_or_init(setup, config, mngr, it)
@@ -390,8 +389,6 @@ def _loop(config, workdir, setup, it, eval_batches, mngr, stop, on_step):
     if stop_now:
       stopped = (stop.signal_name, done)
       break
-    if on_step is not None:
-      on_step(done)
   flush()
   mngr.wait_until_finished()
   bar.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 from sparse_circuits import checkpoints
 from sparse_circuits import errors
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits import sites as sites_lib
 
@@ -364,18 +365,25 @@ def _skipped(path: pathlib.Path) -> str:
   return ("<h3>Not pruned</h3>" + _table(["Task", "Why"], rows))
 
 
+def _circuit_files(where: layout.Layout) -> list[pathlib.Path]:
+  """Every WORKDIR/circuits/<task>/circuit.json, by task name."""
+  return sorted(pathlib.Path(where.circuits).glob(
+      f"*/{os.path.basename(where.circuit('x'))}"))
+
+
 def write_run_index(workdir: str | os.PathLike) -> str:
   """Writes workdir/index.html (checkpoints, eval table, curves, circuits)."""
   wd = pathlib.Path(workdir)
   if not wd.is_dir():
     raise errors.RunFileError(f"run index: workdir {wd} does not exist")
   esc = html.escape
-  ckpt_dir = checkpoints.ckpt_dir(str(wd))
+  where = layout.Layout(wd)
+  ckpt_dir = where.checkpoints
   steps = checkpoints.all_steps(str(wd))
-  metrics = read_metrics(wd / "metrics.jsonl")
+  metrics = read_metrics(where.metrics)
 
   rows = []
-  for path in sorted((wd / "circuits").glob("*/circuit.json")):
+  for path in _circuit_files(where):
     try:
       c = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -390,9 +398,9 @@ def write_run_index(workdir: str | os.PathLike) -> str:
                       "Random-init", "Flags", ""], rows)
               if rows else
               '<p class="muted">No circuits yet (--mode=prune).</p>')
-  circuits += _skipped(wd / "circuits" / "prune_summary.json")
+  circuits += _skipped(pathlib.Path(where.prune_summary))
 
-  evals = _eval_table(wd / "eval_summary.json")
+  evals = _eval_table(pathlib.Path(where.eval_summary))
   chips = "".join(f'<span class="chip">{s}</span>' for s in steps)
   ckpts = (f'<p class="muted">{esc(str(ckpt_dir))}</p>'
            f'<div class="chips">{chips}</div>'
@@ -406,7 +414,7 @@ def write_run_index(workdir: str | os.PathLike) -> str:
           + _section("Circuits", circuits) + _section("Evaluation", evals)
           + _section("Training curves", '<div id="training-plots"></div>')
           + _section("Checkpoints", ckpts) + "</div>")
-  out = wd / "index.html"
+  out = pathlib.Path(where.index)
   out.write_text(_page(f"Run report — {wd.name}", body,
                        {"page": "index", "metrics": _thin_metrics(metrics)}),
                  encoding="utf-8")
@@ -420,12 +428,13 @@ def run(config: Any, workdir: str | os.PathLike) -> list[str]:
   if not wd.is_dir():
     raise errors.RunFileError(
         f"--mode=report: workdir {wd} does not exist; train and prune first")
-  circuit_files = sorted((wd / "circuits").glob("*/circuit.json"))
+  where = layout.Layout(wd)
+  circuit_files = _circuit_files(where)
   if not circuit_files:
     raise errors.RunFileError(
-        f"--mode=report: no circuits in {wd / 'circuits'} (want "
+        f"--mode=report: no circuits in {where.circuits} (want "
         "<task>/circuit.json, written by --mode=prune)")
-  metrics = read_metrics(wd / "metrics.jsonl")
+  metrics = read_metrics(where.metrics)
   written = []
   for path in circuit_files:
     try:

@@ -166,3 +166,25 @@ def test_eval_and_prune_programs_never_import_the_optimizer():
                      text=True, cwd=README.parent,
                      env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True)
   assert r.stdout.startswith("OK"), r.stdout + r.stderr
+
+
+def test_an_older_stored_config_is_upgraded_once_keeping_its_own_values():
+  """Fields added since a run was stored come at this version's defaults;
+  what the run stored stays, including fields this version no longer has."""
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  old = config_lib.base_config("micro").to_dict()
+  del old["train"]["microbatches"], old["model"]["remat"], old["bridge"]
+  old["model"]["retired_field"] = 7
+  new = runs.upgrade_config(old)
+  assert new.train.microbatches == 1 and new.model.remat == "none"
+  assert new.bridge.kl_paths == config_lib.base_config("tiny").bridge.kl_paths
+  assert new.model.d_model == 32 and new.model.retired_field == 7
+  assert runs.overlay_config(old, {"prune": {"steps": 5}}).train.microbatches == 1
+  config_lib.validate(new)
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+  ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+  blocks = re.findall(r"```\n(.*?)\n```", README.read_text(), re.S)
+  assert ci in blocks, f".ci/run's command is not one of the README's: {ci}"
+  assert "-m ''" in ci and "ruff check" in ci and "lint-imports" in ci

@@ -16,7 +16,6 @@ from sparse_circuits import config_lib
 from sparse_circuits import train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import MICRO_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,12 +31,7 @@ def test_topk_methods_agree():
 def test_torch_step_keeps_exactly_k_per_matrix():
   pytest.importorskip("torch")
   from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
-  c = config_lib.base_config("tiny")
-  for f in MICRO_FLAGS:
-    section, rest = f.split(".", 1)
-    name, value = rest.split("=")
-    c[section][name] = type(c[section][name])(float(value) if "." in value
-                                              else int(value))
+  c = config_lib.base_config("micro")
   plan = train.make_setup(c, jax.devices()[:1]).plan
   step = torch_step.TorchStep(c, plan)
   loss = step.run(2)

@@ -13,6 +13,7 @@ import pytest
 from sparse_circuits.circuits import document as circuit_lib
 from sparse_circuits.circuits import controls
 from sparse_circuits import model as M
+from sparse_circuits import sites as sites_lib
 from sparse_circuits.circuits import prune as P
 from sparse_circuits.tasks import scoring
 from sparse_circuits.circuits import search as S
@@ -81,17 +82,13 @@ def prune_config(**kw):
 
 def _pruner(params=None, **kw):
   params = hand_built_params() if params is None else params
-  sites = circuit_lib.node_sites(CFG)
+  sites = sites_lib.node_sites(CFG)
   means = P.compute_means(params, CFG, pretraining_batches(), sites)
   return S.Pruner(params, CFG, means, sites, prune_config(**kw))
 
 
 def _flat(pruner, node_ids):
-  keep = {s.name: np.zeros(s.width, bool) for s in pruner.sites}
-  for node in node_ids:
-    site, i = node.split(":")
-    keep[site][int(i)] = True
-  return np.concatenate([keep[s.name] for s in pruner.sites])
+  return pruner.index.flat(node_ids)
 
 
 def _hand_task():
@@ -115,7 +112,7 @@ def test_hand_built_model_solves_its_task_and_needs_each_node():
 def test_pruning_recovers_exactly_the_known_circuit_stably():
   pruner = _pruner(stability_seeds=3, nonsense_control=True)
   res = P.prune_task(pruner, _hand_task(), progress=False)
-  kept = {circuit_lib.node_id(s, int(i)) for s, m in res["keep"].items()
+  kept = {sites_lib.node_id(s, int(i)) for s, m in res["keep"].items()
           for i in np.nonzero(m)[0]}
   assert kept == CIRCUIT
   assert res["reached"] and res["losses"]["circuit"] <= 0.15
@@ -203,7 +200,7 @@ def _random_model():
 
 def test_all_ones_masks_reproduce_the_unpruned_logits():
   params, cfg = _random_model()
-  sites = circuit_lib.node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   toks = jnp.asarray(task_data().tokens)
   means = {s.name: jnp.full((s.width,), 3.0) for s in sites}
   ones = {s.name: jnp.ones((s.width,)) for s in sites}
@@ -213,7 +210,7 @@ def test_all_ones_masks_reproduce_the_unpruned_logits():
 
 def test_mean_ablating_everything_equals_direct_computation():
   params, cfg = _random_model()
-  sites = circuit_lib.node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   toks = jnp.asarray(task_data().tokens)
   rng = np.random.default_rng(0)
   means = {s.name: jnp.asarray(rng.normal(size=s.width), jnp.float32)
@@ -385,3 +382,27 @@ def test_bounded_k_search_finds_the_same_smallest_circuit_for_less():
   np.testing.assert_array_equal(full["k"], [12, 3, 23, 17, 33, 8])
   assert bounded["evaluated"] < 0.75 * full["evaluated"], (
       bounded["evaluated"], full["evaluated"])
+
+
+def test_node_index_maps_flat_per_site_and_ids_both_ways():
+  cfg = M.ModelConfig(n_layer=2, d_model=4, n_head=1, d_head=2, d_mlp=6,
+                      block_size=8, vocab_size=16)
+  index = sites_lib.NodeIndex(sites_lib.node_sites(cfg))
+  assert index.n == 2 * (4 + 2 + 2 + 2 + 4 + 4 + 6 + 4)
+  flat = np.arange(index.n)
+  per_site = index.split(flat)
+  assert list(per_site) == [s.name for s in index.sites]
+  np.testing.assert_array_equal(per_site["0.attn.q"], [4, 5])
+  np.testing.assert_array_equal(per_site["1.mlp.resid_delta"],
+                                np.arange(index.n - 4, index.n))
+  np.testing.assert_array_equal(index.join(per_site), flat)
+  batch = np.stack([flat, -flat])  # a leading axis splits along the last
+  np.testing.assert_array_equal(index.split(batch)["0.attn.q"], [[4, 5],
+                                                                 [-4, -5]])
+  ids = ["0.attn.act_in:3", "0.attn.q:1", "1.mlp.post_act:5"]
+  mask = index.flat(ids)
+  assert mask.sum() == 3 and mask[3] and mask[5]
+  assert index.ids(mask) == ids
+  for bad in ("0.attn.q:2", "9.attn.q:0", "0.attn.q", "x:y"):
+    with pytest.raises(ValueError):
+      index.flat([bad])

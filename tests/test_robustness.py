@@ -22,6 +22,7 @@ from sparse_circuits import checkpoints
 from sparse_circuits import config_lib
 from sparse_circuits import corpus as corpus_lib
 from sparse_circuits import errors
+from sparse_circuits import layout
 from sparse_circuits import lock
 from sparse_circuits import preemption
 
@@ -217,7 +218,7 @@ def _dead_pid():
 
 def _write_lock(workdir, host, pid):
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, lock.LOCK_FILE), "w") as f:
+  with open(layout.Layout(workdir).lock, "w") as f:
     json.dump({"host": host, "pid": pid, "since": "earlier"}, f)
 
 
@@ -225,12 +226,12 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(
     tmp_path, caplog):
   import socket  # pylint: disable=g-import-not-at-top
   with lock.workdir_lock(str(tmp_path)):
-    with open(tmp_path / lock.LOCK_FILE) as f:
+    with open(layout.Layout(tmp_path).lock) as f:
       assert json.load(f)["pid"] == os.getpid()
     with pytest.raises(errors.WorkdirLockedError,
                        match=f"in use by process {os.getpid()}"):
       lock.acquire(str(tmp_path))
-  assert not os.path.exists(tmp_path / lock.LOCK_FILE)  # released
+  assert not os.path.exists(layout.Layout(tmp_path).lock)  # released
   # A stale lock of a dead process on this host: taken over, with a warning.
   dead = _dead_pid()
   _write_lock(tmp_path, socket.gethostname(), dead)

@@ -23,7 +23,7 @@ from sparse_circuits import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import MICRO_FLAGS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import MICRO  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MESH = "mesh.shape=(4,2,1)"  # batch over data x fsdp, parameters over fsdp
 
@@ -48,7 +48,7 @@ def _env(devices: int, **extra) -> dict:
 def _train(workdir, n_proc, overrides, env=None, timeout=300):
   """One training invocation as n_proc processes; [(stdout, stderr)]."""
   cmd = [sys.executable, "-m", "sparse_circuits.main",
-         "--config=configs/tiny.py", "--mode=train", f"--workdir={workdir}",
+         f"--config={MICRO}", "--mode=train", f"--workdir={workdir}",
          *(f"--config.{o}" for o in overrides)]
   port = _free_port()
   procs = [subprocess.Popen(
@@ -81,7 +81,7 @@ def test_two_processes_train_save_resume_like_one_process(tmp_path, tiny_data):
   checkpointing at 5; a second two-process invocation restores step 5 and
   trains to 7 again. Every loss equals one process x 8 devices'."""
   _, info = tiny_data
-  common = (*MICRO_FLAGS, MESH, f"data.tokenizer_dir={info.tokenizer_dir}",
+  common = (MESH, f"data.tokenizer_dir={info.tokenizer_dir}",
             "train.num_steps=7", "train.checkpoint_every=5")
   one, two = tmp_path / "one", tmp_path / "two"
   _train(one, 1, common)
@@ -169,8 +169,7 @@ def test_compile_check_names_the_axis_that_does_not_divide():
 
 
 def test_compile_check_fails_over_the_memory_limit():
-  micro = [f for f in MICRO_FLAGS if f.startswith(("model.", "sparsity."))]
-  r = _compile_check("configs/tiny.py", *micro, "train.batch_size=8",
+  r = _compile_check(MICRO,
                      "distributed.device_memory_gb=0.001", devices=1)
   assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
   assert "over the limit of 0.001 GB" in r.stderr, r.stderr[-3000:]

@@ -16,6 +16,7 @@ from sparse_circuits import checkpoints
 from sparse_circuits.circuits import document as circuit_lib
 from sparse_circuits import config_lib
 from sparse_circuits import model as model_lib
+from sparse_circuits import sites as sites_lib
 from sparse_circuits.tasks import scoring
 from sparse_circuits.tasks import suite as task_suite
 from sparse_circuits.tasks import binary as tasks
@@ -229,7 +230,7 @@ def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
   np.testing.assert_allclose(r["loss"], np.mean(np.logaddexp(0, -diff)),
                              rtol=1e-5)
   assert r["accuracy"] == np.mean(diff > 0)
-  sites = circuit_lib.node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   ones = {s.name: jnp.ones((s.width,)) for s in sites}
   means = {s.name: jnp.zeros((s.width,)) for s in sites}
   pruned = jax.jit(lambda t, at: scoring.logit_diff(

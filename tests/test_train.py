@@ -22,15 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def micro_config(num_steps=30):
   """A model small enough for a CPU test; sparse (hidden keep 1/4, embed
   1/2 after annealing) with AbsTopK at all eight sites."""
-  c = config_lib.base_config("tiny")
-  c.model.n_layer, c.model.d_model, c.model.n_head = 1, 32, 2
-  c.model.d_head, c.model.d_mlp, c.model.block_size = 16, 128, 32
-  c.sparsity.pfrac, c.sparsity.expansion_factor = 1.0, 2.0
-  c.train.num_steps, c.train.batch_size = num_steps, 8
-  c.train.log_every, c.train.eval_every = 1, 10
-  c.train.checkpoint_every, c.train.eval_batches = 10, 1
-  c.data.max_corpus_bytes = 2_500_000
-  c.data.eval_fraction = 0.03
+  c = config_lib.base_config("micro")
+  c.train.num_steps = num_steps
   return c
 
 
@@ -154,20 +147,14 @@ def test_mesh_axis_that_does_not_divide_a_parameter_is_named():
 
 def _run_main(workdir, *overrides, env=None, check=True):
   cmd = [sys.executable, "-m", "sparse_circuits.main",
-         "--config=configs/tiny.py", "--mode=train", f"--workdir={workdir}"]
+         f"--config={MICRO}", "--mode=train", f"--workdir={workdir}"]
   cmd += [f"--config.{o}" for o in overrides]
   return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})},
                         capture_output=True, text=True, check=check,
                         timeout=600)
 
 
-MICRO_FLAGS = (
-    "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.d_head=16",
-    "model.d_mlp=128", "model.block_size=32", "sparsity.pfrac=1.0",
-    "sparsity.expansion_factor=2.0", "train.num_steps=20",
-    "train.batch_size=8", "train.log_every=1", "train.eval_every=10",
-    "train.checkpoint_every=10", "train.eval_batches=1",
-    "data.max_corpus_bytes=2500000", "data.eval_fraction=0.03")
+MICRO = "configs/base.py:micro"  # 20 steps; checkpoints at 10 and 20
 
 
 def _losses(workdir):
@@ -176,23 +163,28 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows}
 
 
-# Runs `--mode=train` through the CLI with `train.run(..., on_step=hook)`,
-# the test's way into the loop: HOOK is the body of hook(step).
+# Runs `--mode=train` through the CLI with hook(step) called after each
+# step's stop check (the place a signal is noticed): HOOK is its body.
 _HOOKED = textwrap.dedent("""
     import sys
     sys.argv = {argv!r}  # before any import can parse flags
-    import functools, os, signal
+    import os, signal
     from absl import app
-    from sparse_circuits import main, train
+    from sparse_circuits import main, preemption
     def hook(step):
     {hook}
-    train.run = functools.partial(train.run, on_step=hook)
+    requested = preemption.StopRequest.requested
+    def requested_then_hook(self, mngr, step):
+      stop = requested(self, mngr, step)
+      hook(step)
+      return stop
+    preemption.StopRequest.requested = requested_then_hook
     app.run(main.main)
     """)
 
 
 def _run_hooked(workdir, hook, *overrides):
-  argv = ["main", "--config=configs/tiny.py", "--mode=train",
+  argv = ["main", f"--config={MICRO}", "--mode=train",
           f"--workdir={workdir}", *(f"--config.{o}" for o in overrides)]
   code = _HOOKED.format(argv=argv, hook=textwrap.indent(
       textwrap.dedent(hook), "  "))
@@ -205,7 +197,7 @@ def straight(tmp_path_factory, tiny_data):
   """An uninterrupted 20-step micro run: (workdir, losses, tokenizer flag)."""
   tok = f"data.tokenizer_dir={tiny_data[1].tokenizer_dir}"
   workdir = tmp_path_factory.mktemp("straight")
-  _run_main(workdir, *MICRO_FLAGS, tok)
+  _run_main(workdir, tok)
   return workdir, _losses(workdir), tok
 
 
@@ -231,7 +223,7 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
 
   # SIGTERM while step 14 runs: it finishes, saves 14, exits 0.
   r = _run_hooked(run, "if step == 13: os.kill(os.getpid(), signal.SIGTERM)",
-                  *MICRO_FLAGS, tok)
+                  tok)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"stopped by SIGTERM after step 14: saved {ckpts}/14" in r.stdout, (
       r.stdout)
@@ -240,14 +232,14 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
 
   # A hard crash (kill -9) after that durable save: nothing saved at 17.
   r = _run_hooked(run, "if step == 17: os.kill(os.getpid(), signal.SIGKILL)",
-                  *MICRO_FLAGS, tok)
+                  tok)
   assert r.returncode == -9, (r.returncode, r.stderr[-3000:])
   assert sorted(os.listdir(ckpts)) == ["10", "14"]
   assert os.path.exists(run / "LOCK")  # the dead process's, taken over next
   with open(run / "metrics.jsonl", "a") as f:  # as if killed mid-write
     f.write('{"step": 18, "lo')
 
-  r = _run_main(run, *MICRO_FLAGS, tok)
+  r = _run_main(run, tok)
   assert "taking over the lock" in r.stdout, r.stdout
   assert sorted(os.listdir(ckpts)) == ["14", "20"]
   check_losses()
@@ -257,7 +249,7 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
   cut = os.path.getsize(big) // 2
   with open(big, "r+b") as f:
     f.truncate(cut)
-  r = _run_main(run, *MICRO_FLAGS, tok)
+  r = _run_main(run, tok)
   warned = [l for l in (r.stdout + r.stderr).splitlines() if "damaged" in l]
   assert len(warned) == 1 and "step 20" in warned[0] and (
       "restored step 14" in warned[0]), r.stdout + r.stderr[-3000:]
@@ -271,14 +263,14 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
 def test_init_from_warm_starts_a_new_run(tmp_path, straight):
   workdir, want, tok = straight
   warm = tmp_path / "warm"
-  _run_main(warm, *MICRO_FLAGS, tok, f"train.init_from={workdir}")
+  _run_main(warm, tok, f"train.init_from={workdir}")
   assert _losses(warm)[1] < want[1] - 0.5, (_losses(warm)[1], want[1])
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(
     tmp_path, tiny_data):
   _, info = tiny_data
-  r = _run_main(tmp_path, *MICRO_FLAGS, f"data.tokenizer_dir={info.tokenizer_dir}",
+  r = _run_main(tmp_path, f"data.tokenizer_dir={info.tokenizer_dir}",
                 "opt.lr=1e30", "opt.grad_rms_norm=False", check=False)
   assert r.returncode != 0
   assert "non-finite" in r.stderr, r.stderr[-2000:]

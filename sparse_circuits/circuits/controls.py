@@ -18,10 +18,10 @@ its controls do not support.
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 
+from sparse_circuits import layout
 from sparse_circuits import reporting
 from sparse_circuits.circuits import search
 
@@ -38,15 +38,6 @@ def nonsense_labels(data, seed):
 
 
 UNSTABLE_JACCARD = 0.5  # flag a circuit whose seeds overlap less on average
-
-
-def node_ids(flat, sites):
-  """Node ids ("0.attn.v:19") of a flat node mask, in forward order."""
-  out, start = [], 0
-  for s in sites:
-    out += [f"{s.name}:{i}" for i in np.nonzero(flat[start:start + s.width])[0]]
-    start += s.width
-  return out
 
 
 def jaccard(a, b):
@@ -94,7 +85,7 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
       "train_loss": [None] + [float(x) for x in sr["train_loss"][s_real]],
       "jaccard": jac,
       "mean_jaccard": float(np.mean(off)) if off else 1.0,
-      "in_every_seed": node_ids(every, pruner.sites),
+      "in_every_seed": pruner.index.ids(every),
       "n_in_every_seed": int(every.sum()),
       "n_in_any_seed": int(np.any(sets, 0).sum()),
   }
@@ -223,6 +214,6 @@ def write_summary(workdir, plan, pc):
   """WORKDIR/circuits/prune_summary.json: every task asked for, pruned or
   skipped and why, for the run report."""
   return reporting.write_json(
-      os.path.join(workdir, "circuits", "prune_summary.json"),
+      layout.Layout(workdir).prune_summary,
       {"min_accuracy": pc.min_accuracy, "target_loss": pc.target_loss,
        "tasks": plan}, default=float)

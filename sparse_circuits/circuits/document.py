@@ -25,7 +25,6 @@ the residual stream: that is a connection, not a weight, so these
 apart, in `counts.residual_edges`.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -37,32 +36,6 @@ from sparse_circuits import sites as sites_lib
 
 SCHEMA_VERSION = 2
 INPUT_PAIR_FRACTION = 0.1  # an input token tells apart >= 10% of pairs
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-  name: str      # e.g. "1.mlp.post_act"
-  layer: int
-  kind: str
-  width: int
-  order: int     # position in forward order, for residual edges
-
-
-def node_sites(cfg: model_lib.ModelConfig) -> list[Site]:
-  """Every node site of the model in forward order."""
-  hd = cfg.n_head * cfg.d_head
-  widths = {"resid_read": cfg.d_model, "resid_write": cfg.d_model, "q": hd,
-            "k": hd, "v": hd, "mlp_neuron": cfg.d_mlp}
-  out = []
-  for layer in range(cfg.n_layer):
-    for suffix, kind in sites_lib.NODE_KINDS.items():
-      out.append(Site(f"{layer}.{suffix}", layer, kind, widths[kind],
-                      len(out)))
-  return out
-
-
-def node_id(site: str, index: int) -> str:
-  return f"{site}:{index}"
 
 
 def _np(x):
@@ -104,9 +77,9 @@ def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
         if w[i, j] != 0:
           out.append({
               "source": (src_ids[i] if src_ids is not None else
-                         node_id(src_site, int(i))),
+                         sites_lib.node_id(src_site, int(i))),
               "target": (dst_ids[j] if dst_ids is not None else
-                         node_id(dst_site, int(j))),
+                         sites_lib.node_id(dst_site, int(j))),
               "weight": float(w[i, j]), "kind": kind})
 
   for layer in range(cfg.n_layer):
@@ -121,7 +94,7 @@ def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
         _np(blk["mlp"]["c_fc"]["kernel"]))
     add(f"{layer}.mlp.post_act", f"{layer}.mlp.resid_delta",
         _np(blk["mlp"]["c_proj"]["kernel"]))
-  sites = node_sites(cfg)
+  sites = sites_lib.node_sites(cfg)
   reads = [s for s in sites if s.kind == "resid_read"]
   writes = [s for s in sites if s.kind == "resid_write"]
 
@@ -179,10 +152,10 @@ def nodes(cfg, kept, tau, means, seed_counts=None) -> list[dict]:
   many stability seeds kept each node)."""
   hd = cfg.d_head
   out = []
-  for s in node_sites(cfg):
+  for s in sites_lib.node_sites(cfg):
     for i in np.nonzero(kept.get(s.name, np.zeros(0, bool)))[0]:
       out.append({
-          "id": node_id(s.name, int(i)), "site": s.name, "layer": s.layer,
+          "id": sites_lib.node_id(s.name, int(i)), "site": s.name, "layer": s.layer,
           "kind": s.kind, "index": int(i),
           "head": int(i) // hd if s.kind in ("q", "k", "v") else None,
           "tau": float(tau[s.name][i]), "mean": float(means[s.name][i]),
@@ -290,7 +263,7 @@ def document(params, cfg, task, res, means, control, tok, heldout,
       "io_nodes": io_nodes(edge_recs, tok),
       "edges": edge_recs,
       "counts": {"nodes": len(node_recs), **edge_counts(edge_recs),
-                 "total_nodes": int(sum(s.width for s in node_sites(cfg)))},
+                 "total_nodes": sites_lib.NodeIndex(sites_lib.node_sites(cfg)).n},
       "losses": losses,
       "loss_vs_k": res["loss_vs_k"],
       "search_seconds": res["search_seconds"],

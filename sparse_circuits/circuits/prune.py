@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_circuits import data
+from sparse_circuits import layout
 from sparse_circuits import model as model_lib
 from sparse_circuits import reporting
 from sparse_circuits import runs
+from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 from sparse_circuits.circuits import controls
 from sparse_circuits.circuits import document as circuit_lib
@@ -150,8 +152,8 @@ def prune_task(pruner, task, progress=True, settings=None):
              "test_uncalibrated": bool(sc["test_raw"][sel] <= target)}
   ab = sc["ab"][sel]
   return dict(
-      keep=search.split_sites(circuit, pruner.sites),
-      tau=search.split_sites(tau[sel], pruner.sites),
+      keep=pruner.index.split(circuit),
+      tau=pruner.index.split(tau[sel]),
       setting=sweep[sel]["setting"], k=int(sr["k"][sel]),
       reached=reached["test_calibrated" if pc.calibrate else
                       "test_uncalibrated"],
@@ -164,7 +166,7 @@ def prune_task(pruner, task, progress=True, settings=None):
       loss_vs_k=[{"k": int(k), "loss": float(c), "loss_uncalibrated": float(r)}
                  for k, c, r in zip(ks, curve["test"], curve["test_raw"])],
       stability=seeds["stability"], nonsense_control=seeds["nonsense"],
-      seed_counts=search.split_sites(seeds["counts"], pruner.sites),
+      seed_counts=pruner.index.split(seeds["counts"]),
       evaluator=Evaluator(pruner, task.test, ab))
 
 
@@ -222,7 +224,7 @@ def choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned):
   if not learned:
     return {n: {"status": "pruned", "reason": "asked for"} for n in all_tasks}
   acc = {}
-  path = os.path.join(workdir, "eval_summary.json")
+  path = layout.Layout(workdir).eval_summary
   if os.path.exists(path):
     with open(path) as f:
       summary = json.load(f)
@@ -244,31 +246,60 @@ def choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned):
   return plan
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What pruning any task of a run needs: the run (config, params,
+  tokenizer), its data, the node sites, the pretraining batches and the
+  mean activations every ablation uses."""
+  run: runs.Run
+  info: data.DataInfo
+  sites: list
+  batches: list
+  means: dict
+
+  def pruner(self, pc=None) -> search.Pruner:
+    """The search on this run's model (`pc`: other prune settings)."""
+    r = self.run
+    return search.Pruner(r.params, r.cfg, self.means, self.sites,
+                         r.config.prune if pc is None else pc)
+
+
+def setup(workdir: str, overlay=None) -> Setup:
+  """The run at `workdir` (with `overlay`, as `runs.load`), its data and
+  the means over `prune.mean_batches` pretraining batches, read from
+  WORKDIR/prune/means_<step>.npz when an earlier pruning wrote them, else
+  computed and written there. `--mode=prune` and the benchmarks start here."""
+  r = runs.load(workdir, overlay=overlay)
+  config = r.config
+  info = data.prepare(config, workdir, reuse=True)
+  sites = sites_lib.node_sites(r.cfg)
+  batches = data.eval_batches(config, info, config.prune.mean_batches)
+  means_path = layout.Layout(workdir).means(r.step)
+  if os.path.exists(means_path):
+    means = dict(np.load(means_path))
+  else:
+    means = compute_means(r.params, r.cfg, batches, sites)
+    os.makedirs(os.path.dirname(means_path), exist_ok=True)
+    np.savez(means_path, **means)
+  return Setup(r, info, sites, batches, means)
+
+
 def run(config, workdir: str):
   """`--mode=prune`: one circuit.json per task of config.prune.tasks
   ("learned": every task the model gets >= prune.min_accuracy right), and
   circuits/prune_summary.json. The means, the tokenized tasks and the
   compiled programs are shared by every task."""
-  r = runs.load(workdir, overlay=config)
+  s = setup(workdir, overlay=config)
+  r, sites, means = s.run, s.sites, s.means
   config, cfg, params, step, tok = r.config, r.cfg, r.params, r.step, r.tokenizer
   pc = config.prune
-  info = data.prepare(config, workdir, reuse=True)
-  sites = circuit_lib.node_sites(cfg)
-  batches = data.eval_batches(config, info, pc.mean_batches)
-  means_path = os.path.join(workdir, "prune", f"means_{step}.npz")
-  if os.path.exists(means_path):
-    means = dict(np.load(means_path))
-  else:
-    means = compute_means(params, cfg, batches, sites)
-    os.makedirs(os.path.dirname(means_path), exist_ok=True)
-    np.savez(means_path, **means)
   names, learned = task_names(pc.tasks)
   all_tasks = tasks_lib.build_all(config, tok, names=names)
   plan = choose_tasks(all_tasks, pc, params, cfg, workdir, step, learned)
-  pruner = search.Pruner(params, cfg, means, sites, pc)
-  rand = (random_pruner(r.ctx, config.seed, batches, pc, sites)
+  pruner = s.pruner()
+  rand = (random_pruner(r.ctx, config.seed, s.batches, pc, sites)
           if pc.random_control else None)
-  heldout = data.eval_batches(config, info, 1)[0]
+  heldout = data.eval_batches(config, s.info, 1)[0]
   paths = []
   for name, entry in plan.items():
     if entry["status"] != "pruned":
@@ -291,8 +322,7 @@ def run(config, workdir: str):
     doc["prune_seconds"] = time.perf_counter() - t0
     doc["flags"] = controls.flags(doc)
     path = reporting.write_json(
-        os.path.join(workdir, "circuits", name, "circuit.json"), doc,
-        default=_json_default)
+        layout.Layout(workdir).circuit(name), doc, default=_json_default)
     paths.append(path)
     entry.update(controls.summary_row(doc))
     _log.info(controls.summary_line(name, doc, path))

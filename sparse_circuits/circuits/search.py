@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from sparse_circuits import sites as sites_lib
 from sparse_circuits.tasks import scoring
 
 EVAL_CHUNK = 4  # node sets per evaluation call at most: bounds memory
@@ -148,7 +149,7 @@ def _programs(cfg, sites, clip, b2, weight_decay):
   # (scoring.hard_step) are shared with tasks and prune.
   tx = optax.chain(optax.clip_by_global_norm(clip),
                    optax.scale_by_adam(b1=0.9, b2=b2))
-  widths = [s.width for s in sites]
+  index = sites_lib.NodeIndex(sites)
 
   def loss_fn(tau, hp, tokens, last, target, alt, params, means):
     masks = {s: scoring.hard_step(t, hp["temperature"])
@@ -179,8 +180,7 @@ def _programs(cfg, sites, clip, b2, weight_decay):
 
   def diffs(flat_CxN, tokens, last, target_CxR, alt_CxR, params, means):
     def one(flat, target, alt):
-      parts = jnp.split(flat, np.cumsum(widths)[:-1])
-      masks = {s.name: p for s, p in zip(sites, parts)}
+      masks = index.split(flat)
       return scoring.logit_diff(params, cfg, tokens, target, alt, masks,
                                 means, last)
     return jax.vmap(one)(flat_CxN, target_CxR, alt_CxR)
@@ -205,7 +205,8 @@ class Pruner:
   def __init__(self, params, cfg, means, sites, pc):
     self.params, self.cfg, self.sites, self.pc = params, cfg, sites, pc
     self.means = {k: jnp.asarray(v) for k, v in means.items()}
-    self.n_nodes = int(sum(s.width for s in sites))
+    self.index = sites_lib.NodeIndex(sites)  # flat <-> per site <-> ids
+    self.n_nodes = self.index.n
     self._init, self._step, self._diffs = programs(cfg, sites, pc)
 
   def train(self, data, settings, labels=None, progress=True):
@@ -377,11 +378,3 @@ def keep_flat(order, k, n):
   out = np.zeros(n, bool)
   out[order[:int(k)]] = True
   return out
-
-
-def split_sites(flat, sites):
-  """Flat node vector -> {site name: [width]} in forward order."""
-  parts = np.split(np.asarray(flat), np.cumsum([s.width for s in sites])[:-1])
-  return {s.name: p for s, p in zip(sites, parts)}
-
-

@@ -174,37 +174,6 @@ def kl(target_logits, logits):
   return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1))
 
 
-def _check_switch(cfg, switch):
-  n = 2 * cfg.n_layer
-  if not 0 <= switch < n:
-    raise ValueError(f"switch={switch} is not a bridge index (0..{n - 1})")
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "dense_cfg", "sparse_cfg", "switch", "direction", "encoder_k"))
-def hybrid_logits(dense_params, sparse_params, bridges, tokens_BxL, dense_cfg,
-                  sparse_cfg, switch: int, direction: str,
-                  encoder_k: int = 0):
-  """Logits of one hybrid path: "d2s" runs the dense model up to sublayer
-  `switch`, encodes, and runs the sparse model from there; "s2d" the
-  reverse through the decoder."""
-  if direction not in ("d2s", "s2d"):
-    raise ValueError(f"direction must be 'd2s' or 's2d', got {direction!r}")
-  _check_switch(dense_cfg, switch)
-  site, b = model_lib.sublayer_sites(dense_cfg)[switch], get(bridges, switch)
-  if direction == "d2s":
-    _, acts = model_lib.forward(dense_params, tokens_BxL, dense_cfg,
-                                capture=(site,))
-    h = encode(b, acts[site], encoder_k)
-    return model_lib.forward_from(sparse_params, h, tokens_BxL, sparse_cfg,
-                                  switch)[0]
-  _, acts = model_lib.forward(sparse_params, tokens_BxL, sparse_cfg,
-                              capture=(site,))
-  h = decode(b, acts[site])
-  return model_lib.forward_from(dense_params, h, tokens_BxL, dense_cfg,
-                                switch)[0]
-
-
 def all_paths(dense_params, sparse_params, bridges, tokens_BxL, dense_cfg,
               sparse_cfg, encoder_k: int = 0, hybrids: bool = True) -> dict:
   """Both models and every one-switch hybrid path on one batch: `dense` and
@@ -362,11 +331,11 @@ def _bridged_config(config, dense_workdir: str, tokenizer_dir: str):
   return config
 
 
-def run(config, workdir: str, on_step=None):
+def run(config, workdir: str):
   """`--mode=bridge`: trains (or resumes) the sparse model of `config` with
   bridges to the frozen dense run `config.bridge.dense_workdir`, with the
   training loop of `--mode=train` (sparsity, optimizer, sharding, resumable
-  checkpoints, preemption, metrics; `on_step` as there). The bridges are
+  checkpoints, preemption, metrics). The bridges are
   saved beside the params."""
   dense_wd = config.bridge.dense_workdir
   if not dense_wd:
@@ -378,7 +347,7 @@ def run(config, workdir: str, on_step=None):
                            runs.tokenizer_dir(dense.config, dense_wd))
   info = distributed.primary_first(data.prepare, config, workdir)
   init_tokens = data.eval_batches(config, info, 1)[0][:, :-1]
-  return train.run(config, workdir, on_step=on_step,
+  return train.run(config, workdir,
                    objective=objective(config, dense, init_tokens))
 
 

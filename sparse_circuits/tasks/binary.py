@@ -183,8 +183,8 @@ def build_suite(config, tok, names=None, n_train: int | None = None
                             "by a built-in task or another user task file")
       user.update(loaded)
   if names is None:
-    names = tuple(t.get("names", ())) or (
-        list(task_suite.suite(t.get("suite", "paper"))) + list(user))
+    names = tuple(t.names) or (
+        list(task_suite.suite(t.suite)) + list(user))
   names = list(names)
   unknown = [n for n in names if n not in task_suite.GENERATORS and
              n not in user]
