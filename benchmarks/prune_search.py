@@ -95,9 +95,9 @@ def main(argv=None):
     rand = prune.random_pruner(r.ctx, config.seed, s.batches, pc, s.sites)
     t_rand, _ = _timed(lambda: prune.random_control(rand, task, res))
     print(f"whole search of one task (compilation included): {t_task:.1f} s "
-          f"(sweep and k search {res['search_seconds']:.1f} s); random-init "
-          f"control {t_rand:.1f} s; circuit {res['k']} nodes"
-          f"{'' if res['reached'] else ' (target not reached)'}")
+          f"(sweep and k search {res.search_seconds:.1f} s); random-init "
+          f"control {t_rand:.1f} s; circuit {res.k} nodes"
+          f"{'' if res.reached else ' (target not reached)'}")
   short = pc.copy_and_resolve_references()
   short.steps = args.steps
   pruner = s.pruner(short)

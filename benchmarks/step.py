@@ -369,7 +369,7 @@ def prune_bench(config, workdir=None, n_settings=8) -> dict:
     # loss so that the k search does its usual ~log2(nodes) evaluations.
     p0 = search.Pruner(params, cfg, means, sites, pc)
     full = float(p0.scores(np.ones((1, p0.n_nodes), bool),
-                           task.train)["train"][0])
+                           task.train).train[0])
     pc = pc.copy_and_resolve_references()
     pc.target_loss = full + 0.02
     label += f" (target loss {pc.target_loss:.3f} = full model + 0.02)"
@@ -403,8 +403,8 @@ def prune_bench(config, workdir=None, n_settings=8) -> dict:
       jax.block_until_ready(m)
     fns[s] = run
   t = race(fns, rounds=5, seconds=0.3)
-  return dict(label=label, search_s=res["search_seconds"], wall_s=wall,
-              grid=n_grid, steps=pc.steps, k=res["k"], reached=res["reached"],
+  return dict(label=label, search_s=res.search_seconds, wall_s=wall,
+              grid=n_grid, steps=pc.steps, k=res.k, reached=res.reached,
               n_nodes=sum(s.width for s in sites), sweep_1_ms=1e3 * t[1],
               sweep_n_ms=1e3 * t[n_settings], n_settings=n_settings,
               sweep_ratio=t[n_settings] / t[1])

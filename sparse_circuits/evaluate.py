@@ -11,7 +11,7 @@ command line. Writes WORKDIR/eval_summary.json:
 (`pair_accuracy`: the share of pairs whose logit difference moves towards
 each prompt's own answer, tasks.evaluate_task.)
 with the paper's tasks first. A task whose candidates the run's tokenizer
-cannot compare (see tasks.py) is skipped with its reason; the others still run.
+cannot compare (see tasks/binary.py) is skipped with its reason; the others still run.
 """
 
 

@@ -42,7 +42,7 @@ REQUIRED_TOKENS: tuple[str, ...] = (
     " or", " return", "return", " None", "None", ",", ".", "(", "[", "{",
     " for", " if", " while", " def", " class", " from", "from", "import",
     "'\n", "\"\n", "')\n", "\")\n", "')", "\")",
-    # task_suite.py candidates
+    # tasks/suite.py candidates
     ".append", " except", "(cls", ")\n", "}\n", "))\n", " ==", "':", "',",
     "\":", "\",", "   ", "       ", "           ", " name", " value", " size",
     " path", " data", " key", " mode", " text", " source", " count", " index",

@@ -43,7 +43,7 @@ _log = reporting.get(__name__)
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """What `run` trains when it is more than the model on its LM loss (the
-  default, `None`); `bridge.py` trains bridges with one.
+  default, `None`); `experiments/bridge.py` trains bridges with one.
 
   The train state is then {"model": params, **extras}. The model's params
   stay the checkpoint's `params` item (eval, prune and report read the run

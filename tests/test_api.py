@@ -59,6 +59,7 @@ def pruned_run(tmp_path_factory, tiny_data):
   return root, workdir, c
 
 
+@pytest.mark.slow
 def test_readme_example_runs_and_reproduces_the_circuit_loss(
     pruned_run, monkeypatch):
   root, _, _ = pruned_run
@@ -93,6 +94,7 @@ def test_readme_example_runs_and_reproduces_the_circuit_loss(
   assert ns["cache"]["0.attn.q"].shape[-1] == run.cfg.n_head * run.cfg.d_head
 
 
+@pytest.mark.slow
 def test_forward_and_capture_match_the_model(pruned_run):
   _, workdir, _ = pruned_run
   run = sc.load(workdir)
@@ -121,6 +123,7 @@ def test_forward_and_capture_match_the_model(pruned_run):
   np.testing.assert_allclose(kept, logits, rtol=1e-6, atol=1e-6)  # mask 1: same
 
 
+@pytest.mark.slow
 def test_overlay_changes_analysis_settings_only(pruned_run):
   _, workdir, c = pruned_run
   run = sc.load(workdir, overlay={"tasks": {"n_test": 4}})
@@ -145,6 +148,7 @@ def test_overlay_changes_analysis_settings_only(pruned_run):
   assert merged.tasks.seed == 7 and merged.model.d_model == c.model.d_model
 
 
+@pytest.mark.slow
 def test_a_missing_circuit_is_named(pruned_run):
   _, workdir, _ = pruned_run
   run = sc.load(workdir)
@@ -152,6 +156,7 @@ def test_a_missing_circuit_is_named(pruned_run):
     run.circuit("bracket_counting")
 
 
+@pytest.mark.slow
 def test_eval_and_prune_programs_never_import_the_optimizer():
   """The prune/eval/report/export programs restore parameters only."""
   import subprocess  # pylint: disable=g-import-not-at-top

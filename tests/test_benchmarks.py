@@ -44,6 +44,7 @@ def test_torch_step_keeps_exactly_k_per_matrix():
 
 @pytest.mark.parametrize("name, flag", [("step", "--rounds"),
                                         ("data_pipeline", "--helpfull")])
+@pytest.mark.slow
 def test_runs_as_a_module_from_the_repo_root(name, flag):
   r = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"],
                      cwd=REPO, capture_output=True, text=True, timeout=120,

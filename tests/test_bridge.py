@@ -122,6 +122,7 @@ def test_hybrid_runs_each_model_on_its_side_of_the_switch():
     M.forward_from(a, paths["h_dense"][0], batch[:, :-1], SPARSE, 4)
 
 
+@pytest.mark.slow
 def test_short_bridge_training_lowers_nmse_and_kl():
   sparse_cfg = dataclasses.replace(SPARSE, n_layer=1)  # half the compile
   dense_cfg = dataclasses.replace(DENSE, n_layer=1)
@@ -254,6 +255,7 @@ def _fake_circuit(run, task, node):
               for s in sites_lib.node_sites(run.cfg)})
 
 
+@pytest.mark.slow
 def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data,
                                                 monkeypatch):
   from sparse_circuits import preemption, runs, train  # pylint: disable=g-import-not-at-top,reimported

@@ -236,6 +236,7 @@ def smoke(tmp_path_factory, tiny_data):
   return config, workdir, summary, first, calls, mtimes
 
 
+@pytest.mark.slow
 def test_killed_compare_resumes_without_redoing_stages(smoke):
   config, workdir, _, first, again, mtimes = smoke
   n_models, n_tasks = len(config.compare.models), len(config.tasks.names)
@@ -257,6 +258,7 @@ def test_killed_compare_resumes_without_redoing_stages(smoke):
     compare.run(bad, workdir)
 
 
+@pytest.mark.slow
 def test_smoke_summary_and_page(smoke, tiny_data):
   from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
   config, workdir, summary, _, _, _ = smoke

@@ -209,6 +209,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_imported_logits_match_reference(tmp_path, variant):
   over, off = VARIANTS[variant]
@@ -262,6 +263,7 @@ def _authors_load_model_config(beeg):
   return gpt_config(**b)
 
 
+@pytest.mark.slow
 def test_export_import_round_trips_bit_exactly(tmp_path):
   config = _config(n_layer=2, d_model=32, n_head=4, d_head=16, d_mlp=96,
                    block_size=16, vocab_size=64, afrac=0.25, sink=True,

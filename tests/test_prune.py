@@ -105,31 +105,32 @@ def test_hand_built_model_solves_its_task_and_needs_each_node():
     m[_flat(pruner, [node])] = False
     minus.append(m)
   sc = pruner.scores(np.stack([everything] + minus), data, data)
-  assert sc["train"][0] < 0.15 and sc["test_raw"][0] < 0.15
-  assert np.all(sc["train"][1:] > 0.6), sc["train"]
+  assert sc.train[0] < 0.15 and sc.test_raw[0] < 0.15
+  assert np.all(sc.train[1:] > 0.6), sc.train
 
 
+@pytest.mark.slow
 def test_pruning_recovers_exactly_the_known_circuit_stably():
   pruner = _pruner(stability_seeds=3, nonsense_control=True)
   res = P.prune_task(pruner, _hand_task(), progress=False)
-  kept = {sites_lib.node_id(s, int(i)) for s, m in res["keep"].items()
+  kept = {sites_lib.node_id(s, int(i)) for s, m in res.keep.items()
           for i in np.nonzero(m)[0]}
   assert kept == CIRCUIT
-  assert res["reached"] and res["losses"]["circuit"] <= 0.15
-  assert res["target_reached"] == {"train": True, "test_calibrated": True,
+  assert res.reached and res.losses["circuit"] <= 0.15
+  assert res.target_reached == {"train": True, "test_calibrated": True,
                                    "test_uncalibrated": True}
-  assert res["calibration"]["scale"] > 0
-  assert res["losses"]["circuit_ablated"] > 0.6
-  st = res["stability"]
+  assert res.calibration["scale"] > 0
+  assert res.losses["circuit_ablated"] > 0.6
+  st = res.stability
   assert st["nodes"] == [3, 3, 3] and st["mean_jaccard"] == 1.0
   assert st["n_in_every_seed"] == 3 and len(set(st["seeds"])) == 3
   assert set(st["in_every_seed"]) == CIRCUIT
   # Three nodes cannot memorise labels drawn by a coin: the nonsense task
   # stays far from the target and the real circuit is not flagged.
-  ns = res["nonsense_control"]
+  ns = res.nonsense_control
   assert not ns["flag"] and min(ns["test_loss"]) > 0.5
   assert min(ns["train_loss_at_circuit_size"]) > 0.5
-  edges = circuit_lib.edges(pruner.params, CFG, res["keep"],
+  edges = circuit_lib.edges(pruner.params, CFG, res.keep,
                             {"embed": [A, B], "logit": [T1, T2]})
   got = {(e["source"], e["target"], e["kind"]) for e in edges}
   assert got == {
@@ -144,6 +145,7 @@ def test_pruning_recovers_exactly_the_known_circuit_stably():
                                                  "logit": [T1, T2]}
 
 
+@pytest.mark.slow
 def test_a_circuit_predicting_the_reversed_candidates_never_reaches_target():
   """With the unembedding negated the model answers every prompt wrongly
   and confidently. A calibration free to flip the sign (the old one) made
@@ -156,14 +158,14 @@ def test_a_circuit_predicting_the_reversed_candidates_never_reaches_target():
                    sweep_lr=(3e-3, 3e-2))
   full = pruner.scores(np.ones((1, pruner.n_nodes), bool), task_data(),
                        task_data(8, 1))
-  assert full["test_raw"][0] > 1.0  # confidently wrong
-  assert full["train"][0] >= np.log(2) - 1e-3  # calibration cannot undo it
+  assert full.test_raw[0] > 1.0  # confidently wrong
+  assert full.train[0] >= np.log(2) - 1e-3  # calibration cannot undo it
   res = P.prune_task(pruner, _hand_task(), progress=False)
-  assert not res["reached"]
-  assert not any(res["target_reached"].values())
+  assert not res.reached
+  assert not any(res.target_reached.values())
   assert not any(s["reached_train"] or s["reached_test"]
-                 for s in res["sweep"])
-  assert res["losses"]["circuit"] > 0.5
+                 for s in res.sweep)
+  assert res.losses["circuit"] > 0.5
 
 
 def test_calibration_is_fitted_on_train_and_keeps_the_sign():
@@ -289,16 +291,16 @@ def test_batched_k_search_finds_the_smallest_passing_k():
   tau[2, ~circuit] = -0.5  # and only they positive
   sr = pruner.search(tau, data, 0.15)
   for s in range(3):
-    k = sr["k"][s]
-    losses = pruner.scores(np.stack([S.keep_flat(sr["order"][s], j,
+    k = sr.k[s]
+    losses = pruner.scores(np.stack([S.keep_flat(sr.order[s], j,
                                                  pruner.n_nodes)
                                      for j in (k - 1, k)]), data, None)
-    assert sr["reached"][s] and losses["train"][1] <= 0.15
-    assert losses["train"][0] > 0.15, (s, k)
-    np.testing.assert_allclose(sr["train_loss"][s], losses["train"][1],
+    assert sr.reached[s] and losses.train[1] <= 0.15
+    assert losses.train[0] > 0.15, (s, k)
+    np.testing.assert_allclose(sr.train_loss[s], losses.train[1],
                                rtol=1e-5)
-  assert sr["k"][2] == 3 and sr["k_trained"][2] == 3
-  assert sr["k"][1] == pruner.n_nodes  # the circuit is ranked last
+  assert sr.k[2] == 3 and sr.k_trained[2] == 3
+  assert sr.k[1] == pruner.n_nodes  # the circuit is ranked last
 
 
 def test_task_names_and_learned_selection(tmp_path):
@@ -365,7 +367,7 @@ def test_bounded_k_search_finds_the_same_smallest_circuit_for_less():
     tau[s, others[:m]] = 1.0
     tau[s, circuit] = 0.9
     tau[s, others[m:m + 20]] = 0.5  # and in front of 20 more
-  runs = {}
+  runs, evaluated = {}, {}
   for exact in (True, False):
     calls = []
     diffs = pruner.diffs
@@ -373,15 +375,14 @@ def test_bounded_k_search_finds_the_same_smallest_circuit_for_less():
         keep, *a, **k)
     runs[exact] = pruner.search(tau, data, 0.15, exact=exact)
     pruner.diffs = diffs
-    runs[exact]["evaluated"] = sum(calls)
+    evaluated[exact] = sum(calls)
   full, bounded = runs[True], runs[False]
-  lead = int(np.argmin(bounded["k"]))
-  assert bounded["k"][lead] == full["k"].min() == 3 and bounded["exact"][lead]
-  assert np.all(bounded["reached"]) and np.all(bounded["k"] >= full["k"])
-  assert np.all(bounded["train_loss"] <= 0.15)
-  np.testing.assert_array_equal(full["k"], [12, 3, 23, 17, 33, 8])
-  assert bounded["evaluated"] < 0.75 * full["evaluated"], (
-      bounded["evaluated"], full["evaluated"])
+  lead = int(np.argmin(bounded.k))
+  assert bounded.k[lead] == full.k.min() == 3 and bounded.exact[lead]
+  assert np.all(bounded.reached) and np.all(bounded.k >= full.k)
+  assert np.all(bounded.train_loss <= 0.15)
+  np.testing.assert_array_equal(full.k, [12, 3, 23, 17, 33, 8])
+  assert evaluated[False] < 0.75 * evaluated[True], evaluated
 
 
 def test_node_index_maps_flat_per_site_and_ids_both_ways():

@@ -305,6 +305,7 @@ def _one_line_error(r):
   return lines[-1]
 
 
+@pytest.mark.slow
 def test_known_errors_print_one_line_and_exit_2(tmp_path):
   line = _one_line_error(_main("--mode=train", f"--workdir={tmp_path}",
                                "--config.train.num_steps=0"))
@@ -317,6 +318,7 @@ def test_known_errors_print_one_line_and_exit_2(tmp_path):
   assert f"in use by process {os.getpid()}" in line, line
 
 
+@pytest.mark.slow
 def test_own_corpus_from_the_command_line(tmp_path, tiny_data):
   """Several sources as a tuple; bad files counted in data_summary.json."""
   a, b = tmp_path / "a", tmp_path / "b"

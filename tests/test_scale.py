@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sparse_circuits import config_lib
 from sparse_circuits import data
@@ -76,6 +77,7 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
+@pytest.mark.slow
 def test_two_processes_train_save_resume_like_one_process(tmp_path, tiny_data):
   """Two processes x 4 fake devices train 7 steps of the micro config,
   checkpointing at 5; a second two-process invocation restores step 5 and
@@ -142,6 +144,7 @@ def _compile_check(config, *overrides, devices=8, timeout=300):
                         text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_compile_check_paper_on_8_devices_reports_memory():
   """The full paper model (8 layers, batch 512 x 256) on a (4, 2, 1) mesh of
   8 fake CPU devices: both steps compile (~40 s on 2 loaded cores)."""
@@ -157,6 +160,7 @@ def test_compile_check_paper_on_8_devices_reports_memory():
   assert "per device" in r.stdout and "GFLOP" in r.stdout, r.stdout
 
 
+@pytest.mark.slow
 def test_compile_check_names_the_axis_that_does_not_divide():
   # d_mlp 4100 is not a multiple of the 8-way tensor axis.
   r = _compile_check("configs/paper.py", "mesh.shape=(1,1,8)",
@@ -168,6 +172,7 @@ def test_compile_check_names_the_axis_that_does_not_divide():
   assert "mlp/c_fc/kernel" in r.stderr
 
 
+@pytest.mark.slow
 def test_compile_check_fails_over_the_memory_limit():
   r = _compile_check(MICRO,
                      "distributed.device_memory_gb=0.001", devices=1)

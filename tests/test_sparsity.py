@@ -99,6 +99,7 @@ SHARDED_TOPK = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_topk_mask_on_a_sharded_matrix_matches_one_device():
   """Row- and column-sharded matrices with ties give the same exact mask."""
   r = subprocess.run([sys.executable, "-c", SHARDED_TOPK],

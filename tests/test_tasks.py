@@ -411,6 +411,7 @@ def _tiny_run_config(tokenizer_dir):
   return c
 
 
+@pytest.mark.slow
 def test_evaluate_run_reports_skipped_tasks_and_runs_the_rest(
     tmp_path, tiny_data, caplog):
   from sparse_circuits import evaluate  # pylint: disable=g-import-not-at-top

@@ -206,6 +206,7 @@ def _largest_file(directory):
   return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
                                                             straight):
   """SIGTERM, then kill -9, then a truncated checkpoint: each time the run
@@ -260,6 +261,7 @@ def test_sigterm_kill_and_damage_resume_with_the_same_losses(tmp_path,
   check_losses()
 
 
+@pytest.mark.slow
 def test_init_from_warm_starts_a_new_run(tmp_path, straight):
   workdir, want, tok = straight
   warm = tmp_path / "warm"
@@ -267,6 +269,7 @@ def test_init_from_warm_starts_a_new_run(tmp_path, straight):
   assert _losses(warm)[1] < want[1] - 0.5, (_losses(warm)[1], want[1])
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(
     tmp_path, tiny_data):
   _, info = tiny_data
@@ -310,6 +313,7 @@ SHARDED = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_eight_devices_mesh_222_matches_one_device():
   code = SHARDED.format(tests=os.path.dirname(os.path.abspath(__file__)))
   r = subprocess.run([sys.executable, "-c", code], cwd=REPO,

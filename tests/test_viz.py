@@ -211,6 +211,7 @@ def _node(driver, node_id):
   return driver.find_element("css selector", f'.node[data-node-id="{node_id}"]')
 
 
+@pytest.mark.slow
 def test_browser_draws_every_node_and_edge(page, circuit):
   ids = page.execute_script("return [...document.querySelectorAll('.node')]"
                             ".map(n => n.dataset.nodeId)")
@@ -234,6 +235,7 @@ def test_browser_draws_every_node_and_edge(page, circuit):
   assert len(series("#chart-loss")) == 2  # loss and eval_loss
 
 
+@pytest.mark.slow
 def test_browser_shows_sweep_stability_and_controls(page, circuit):
   sweep = circuit["sweep"]
   points = page.find_elements("css selector", "#chart-sweep .marker.point")
@@ -258,6 +260,7 @@ def test_browser_shows_sweep_stability_and_controls(page, circuit):
   assert not page.find_elements("id", "flags")
 
 
+@pytest.mark.slow
 def test_browser_node_panel_and_screenshot(page, circuit, tmp_path):
   panel = page.find_element("id", "node-panel")
   ActionChains(page).move_to_element(_node(page, "0.attn.v:37")).perform()
@@ -276,6 +279,7 @@ def test_browser_node_panel_and_screenshot(page, circuit, tmp_path):
   assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_browser_threshold_hides_weak_edges(page, circuit):
   threshold = page.execute_script("""
       const s = document.getElementById('edge-threshold');
@@ -290,6 +294,7 @@ def test_browser_threshold_hides_weak_edges(page, circuit):
   assert counts == f"{len(strong)} / {len(circuit['edges'])}"
 
 
+@pytest.mark.slow
 def test_browser_export_buttons_download_the_files(page, circuit):
   downloads = page.execute_script("""
       const got = [], click = HTMLAnchorElement.prototype.click;

@@ -66,7 +66,7 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
     return out
   tau, _, bad = pruner.train(task.train, extra, labels, progress)
   sr = pruner.search(tau, task.train, pc.target_loss, labels, progress)
-  keep = sr["keep"]
+  keep = sr.keep
   s_real = slice(0, n_seeds - 1)
   for m in keep[s_real]:
     sets.append(m)
@@ -81,8 +81,8 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
       "seeds": [setting.seed] + [s.seed for s in extra[s_real]],
       "nodes": sizes,
       "reached_train": [True] + [bool(x) for x in
-                                 (sr["reached"] & ~bad)[s_real]],
-      "train_loss": [None] + [float(x) for x in sr["train_loss"][s_real]],
+                                 (sr.reached & ~bad)[s_real]],
+      "train_loss": [None] + [float(x) for x in sr.train_loss[s_real]],
       "jaccard": jac,
       "mean_jaccard": float(np.mean(off)) if off else 1.0,
       "in_every_seed": pruner.index.ids(every),
@@ -93,18 +93,18 @@ def stability_and_nonsense(pruner, task, setting, circuit, seed_base,
     s_ns = slice(n_seeds - 1, None)
     ns_keep, ns_lab = keep[s_ns], labels[s_ns]
     sc = pruner.scores(ns_keep, task.train, task.test, ns_lab,
-                       [te_lab] * n_nonsense, d_train=sr["d_train"][s_ns])
-    reached = sr["reached"][s_ns] & ~bad[s_ns]
+                       [te_lab] * n_nonsense, d_train=sr.d_train[s_ns])
+    reached = sr.reached[s_ns] & ~bad[s_ns]
     # The nonsense loss a circuit of the real circuit's size gets.
     at_size = np.stack([search.keep_flat(o, sizes[0], n)
-                        for o in sr["order"][s_ns]])
+                        for o in sr.order[s_ns]])
     same = pruner.scores(at_size, task.train, None, ns_lab)
     best = min(range(n_nonsense), key=lambda i: (
-        not reached[i], sr["k"][s_ns][i], sc["train"][i]))
+        not reached[i], sr.k[s_ns][i], sc.train[i]))
     out["nonsense"] = nonsense_block(
-        seeds=[s.seed for s in extra[s_ns]], nodes=sr["k"][s_ns],
-        reached=reached, train_loss=sc["train"], test_loss=sc["test"],
-        test_raw=sc["test_raw"], at_size=same["train"], best=best,
+        seeds=[s.seed for s in extra[s_ns]], nodes=sr.k[s_ns],
+        reached=reached, train_loss=sc.train, test_loss=sc.test,
+        test_raw=sc.test_raw, at_size=same.train, best=best,
         real_nodes=sizes[0], ratio=pc.nonsense_ratio)
   return out
 

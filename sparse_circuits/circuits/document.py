@@ -235,29 +235,29 @@ def _examples(task, tok, n=3):
 def document(params, cfg, task, res, means, control, tok, heldout,
              model_info, prune_config) -> dict:
   """The circuit.json document (schema in the README)."""
-  keep = res["keep"]
-  node_recs = nodes(cfg, keep, res["tau"], means, res.get("seed_counts"))
-  annotate(node_recs, params, cfg, task, tok, heldout, res["evaluator"], keep)
+  keep = res.keep
+  node_recs = nodes(cfg, keep, res.tau, means, res.seed_counts)
+  annotate(node_recs, params, cfg, task, tok, heldout, res.evaluator, keep)
   edge_recs = edges(params, cfg, keep, io_tokens(task, tok.eot_id))
-  losses = dict(res["losses"])
+  losses = dict(res.losses)
   losses["random_init_control"] = None if control is None else control["loss"]
   return {
       "schema_version": SCHEMA_VERSION,
       "task": {"name": task.name, "description": task.description,
-               "target_loss": res["losses"]["target"],
+               "target_loss": res.losses["target"],
                "n_train": int(len(task.train.target)),
                "n_test": int(len(task.test.target)),
                "examples": _examples(task, tok)},
       "model": model_info,
       "prune_config": prune_config,
-      "selected_setting": res["setting"],
-      "selected_index": res["selected"],
-      "target_reached": bool(res["reached"]),
-      "reached": res["target_reached"],
-      "calibration": res["calibration"],
-      "sweep": res["sweep"],
-      "stability": res["stability"],
-      "nonsense_control": res["nonsense_control"],
+      "selected_setting": res.setting,
+      "selected_index": res.selected,
+      "target_reached": bool(res.reached),
+      "reached": res.target_reached,
+      "calibration": res.calibration,
+      "sweep": res.sweep,
+      "stability": res.stability,
+      "nonsense_control": res.nonsense_control,
       "random_init_control": control,
       "nodes": node_recs,
       "io_nodes": io_nodes(edge_recs, tok),
@@ -265,6 +265,6 @@ def document(params, cfg, task, res, means, control, tok, heldout,
       "counts": {"nodes": len(node_recs), **edge_counts(edge_recs),
                  "total_nodes": sites_lib.NodeIndex(sites_lib.node_sites(cfg)).n},
       "losses": losses,
-      "loss_vs_k": res["loss_vs_k"],
-      "search_seconds": res["search_seconds"],
+      "loss_vs_k": res.loss_vs_k,
+      "search_seconds": res.search_seconds,
   }

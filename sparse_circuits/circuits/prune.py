@@ -95,9 +95,32 @@ class Evaluator:
 
 # ---------------------------------------------------------------- one task
 
-def prune_task(pruner, task, progress=True, settings=None):
-  """Sweep, select, confirm and control one task. Returns the kept nodes
-  (site -> bool), tau, and every block of the circuit.json schema."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskResult:
+  """One task's pruning (`prune_task`): the circuit and every block of
+  circuit.json that the search measures (docs/circuit_json.md;
+  `document.document` writes them)."""
+  keep: dict              # site -> bool [width]: the circuit
+  tau: dict               # site -> float [width]: the selected setting's
+  setting: dict           # the selected sweep setting
+  k: int                  # circuit nodes
+  reached: bool           # target reached on test (calibrated if pc.calibrate)
+  target_reached: dict    # {"train", "test_calibrated", "test_uncalibrated"}
+  selected: int           # index of the selected setting in the sweep
+  search_seconds: float   # mask training and k search
+  seconds: dict           # per phase
+  sweep: list             # one record per setting
+  losses: dict
+  calibration: dict       # {"scale", "shift", "fitted_on"}
+  loss_vs_k: list
+  stability: dict | None
+  nonsense_control: dict | None
+  seed_counts: dict       # site -> int [width]: seeds keeping each node
+  evaluator: "Evaluator"  # the circuit's test losses, for annotations
+
+
+def prune_task(pruner, task, progress=True, settings=None) -> TaskResult:
+  """Sweep, select, confirm and control one task."""
   pc, n, target = pruner.pc, pruner.n_nodes, pruner.pc.target_loss
   settings = settings or search.sweep_settings(pc)
   clock = Clock()
@@ -109,52 +132,52 @@ def prune_task(pruner, task, progress=True, settings=None):
   for attempt in range(4):
     sr = pruner.search(tau, task.train, target, progress=progress,
                        exact=False, exclude=sorted(excluded))
-    sc = pruner.scores(sr["keep"], task.train, task.test,
-                       d_train=sr["d_train"])
-    ok = sr["reached"] & ~bad
-    confirmed = ok & (sc["test"] <= target)
+    sc = pruner.scores(sr.keep, task.train, task.test,
+                       d_train=sr.d_train)
+    ok = sr.reached & ~bad
+    confirmed = ok & (sc.test <= target)
     lead = min(range(len(settings)), key=lambda i: (
-        i in excluded, not ok[i], sr["k"][i], sr["train_loss"][i]))
+        i in excluded, not ok[i], sr.k[i], sr.train_loss[i]))
     if confirmed[lead] or not ok[lead] or lead in excluded or attempt == 3:
       break
     excluded.add(lead)
   sel = min(range(len(settings)), key=lambda i: (
-      not confirmed[i], not ok[i], bool(bad[i]), sr["k"][i],
-      sr["train_loss"][i]))
+      not confirmed[i], not ok[i], bool(bad[i]), sr.k[i],
+      sr.train_loss[i]))
   clock.lap("sweep_k_search")
   sweep = [{"setting": dataclasses.asdict(s), "diverged": bool(bad[i]),
             "final_task_loss": float(last["task_loss"][i]),
             "final_nodes": float(last["nodes"][i]),
-            "nodes": int(sr["k"][i]), "exact": bool(sr["exact"][i]),
-            "train_loss": float(sr["train_loss"][i]),
-            "test_loss": float(sc["test"][i]),
-            "test_loss_uncalibrated": float(sc["test_raw"][i]),
+            "nodes": int(sr.k[i]), "exact": bool(sr.exact[i]),
+            "train_loss": float(sr.train_loss[i]),
+            "test_loss": float(sc.test[i]),
+            "test_loss_uncalibrated": float(sc.test_raw[i]),
             "reached_train": bool(ok[i]), "reached_test": bool(confirmed[i])}
            for i, s in enumerate(settings)]
-  circuit = sr["keep"][sel]
+  circuit = sr.keep[sel]
   seeds = controls.stability_and_nonsense(pruner, task, settings[sel],
                                           circuit, len(settings), progress)
   clock.lap("stability_and_nonsense")
   ks = sorted(set(np.unique(np.round(np.geomspace(1, n, 12))).astype(int)) |
-              {int(sr["k"][sel])})
+              {int(sr.k[sel])})
   curve = pruner.scores(
-      np.stack([search.keep_flat(sr["order"][sel], k, n) for k in ks] +
+      np.stack([search.keep_flat(sr.order[sel], k, n) for k in ks] +
                [np.ones(n, bool)]), task.train, task.test)
   ablated = search.bce(pruner.diffs(~circuit[None], task.test))[0]
   clock.lap("validation")
-  losses = {"full_model": float(curve["test_raw"][-1]),
-            "circuit": float(sc["test"][sel]),
-            "circuit_uncalibrated": float(sc["test_raw"][sel]),
-            "circuit_train": float(sr["train_loss"][sel]),
+  losses = {"full_model": float(curve.test_raw[-1]),
+            "circuit": float(sc.test[sel]),
+            "circuit_uncalibrated": float(sc.test_raw[sel]),
+            "circuit_train": float(sr.train_loss[sel]),
             "circuit_ablated": float(ablated), "target": target}
   reached = {"train": bool(ok[sel]),
-             "test_calibrated": bool(sc["test"][sel] <= target),
-             "test_uncalibrated": bool(sc["test_raw"][sel] <= target)}
-  ab = sc["ab"][sel]
-  return dict(
+             "test_calibrated": bool(sc.test[sel] <= target),
+             "test_uncalibrated": bool(sc.test_raw[sel] <= target)}
+  ab = sc.ab[sel]
+  return TaskResult(
       keep=pruner.index.split(circuit),
       tau=pruner.index.split(tau[sel]),
-      setting=sweep[sel]["setting"], k=int(sr["k"][sel]),
+      setting=sweep[sel]["setting"], k=int(sr.k[sel]),
       reached=reached["test_calibrated" if pc.calibrate else
                       "test_uncalibrated"],
       target_reached=reached, selected=sel,
@@ -164,7 +187,7 @@ def prune_task(pruner, task, progress=True, settings=None):
       calibration={"scale": float(ab[0]), "shift": float(ab[1]),
                    "fitted_on": "train"},
       loss_vs_k=[{"k": int(k), "loss": float(c), "loss_uncalibrated": float(r)}
-                 for k, c, r in zip(ks, curve["test"], curve["test_raw"])],
+                 for k, c, r in zip(ks, curve.test, curve.test_raw)],
       stability=seeds["stability"], nonsense_control=seeds["nonsense"],
       seed_counts=pruner.index.split(seeds["counts"]),
       evaluator=Evaluator(pruner, task.test, ab))
@@ -188,15 +211,15 @@ def random_pruner(ctx, seed, batches, pc, sites):
 def random_control(pruner, task, res):
   """The same pruning (the setting that won on the trained model) on the
   random model: the same compiled programs, the model is an argument."""
-  tau, _, bad = pruner.train(task.train, [search.Setting(**res["setting"])],
+  tau, _, bad = pruner.train(task.train, [search.Setting(**res.setting)],
                              progress=False)
   sr = pruner.search(tau, task.train, pruner.pc.target_loss)
-  sc = pruner.scores(np.concatenate([sr["keep"], np.ones_like(sr["keep"])]),
+  sc = pruner.scores(np.concatenate([sr.keep, np.ones_like(sr.keep)]),
                      task.train, task.test)
-  return {"loss": float(sc["test"][0]), "train_loss": float(sc["train"][0]),
-          "k": int(sr["k"][0]),
-          "reached": bool(sr["reached"][0] and not bad[0]),
-          "full_model": float(sc["test_raw"][1])}
+  return {"loss": float(sc.test[0]), "train_loss": float(sc.train[0]),
+          "k": int(sr.k[0]),
+          "reached": bool(sr.reached[0] and not bad[0]),
+          "full_model": float(sc.test_raw[1])}
 
 
 # ---------------------------------------------------------------- the mode
@@ -318,7 +341,7 @@ def run(config, workdir: str):
         prune_config=pc.to_dict())
     doc["tasks_config"] = config.tasks.to_dict()  # to rebuild the same pairs
     clock.lap("document")  # edges, node annotations and their ablations
-    doc["seconds"] = {**res["seconds"], **clock.laps}
+    doc["seconds"] = {**res.seconds, **clock.laps}
     doc["prune_seconds"] = time.perf_counter() - t0
     doc["flags"] = controls.flags(doc)
     path = reporting.write_json(

@@ -104,7 +104,8 @@ def fit_calibration(d_MxN, sign_MxN):
 def _fit(d_MxN, sign_MxN, steps=16):
   def one(d, sign):
     def f(p):
-      return jnp.mean(jax.nn.softplus(-(jnp.exp(p[0]) * d + p[1] * sign)))
+      return jnp.mean(scoring.task_loss(
+          scoring.calibrate(d, jnp.exp(p[0]), p[1], sign)))
     opt = optax.lbfgs()
     vg = optax.value_and_grad_from_state(f)
 
@@ -127,8 +128,8 @@ def bce(d_MxN, ab_Mx2=None, sign_MxN=None):
   d = np.asarray(d_MxN, np.float64)
   if ab_Mx2 is not None:
     ab = np.asarray(ab_Mx2, np.float64)
-    d = ab[:, :1] * d + ab[:, 1:] * np.asarray(sign_MxN)
-  return np.mean(np.logaddexp(0.0, -d), -1)
+    d = scoring.calibrate(d, ab[:, :1], ab[:, 1:], np.asarray(sign_MxN))
+  return np.mean(scoring.task_loss(d, np), -1)
 
 
 def read_positions(data):
@@ -156,7 +157,7 @@ def _programs(cfg, sites, clip, b2, weight_decay):
              for s, t in tau.items()}
     d = scoring.logit_diff(params, cfg, tokens, target, alt, masks, means,
                            last)
-    task = jnp.mean(jax.nn.softplus(-d))
+    task = jnp.mean(scoring.task_loss(d))
     n_on = sum(jnp.sum(m) for m in masks.values())
     return task + hp["k_coef"] * n_on, (task, n_on)
 
@@ -197,6 +198,32 @@ def programs(cfg, sites, pc):
   pc's optimizer (for ahead-of-time compilation, see compile_check)."""
   return _programs(cfg, tuple(sites), float(pc.clip), float(pc.b2),
                    float(pc.weight_decay))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Scores:
+  """Task losses of M node sets (`Pruner.scores`), each [M]: raw and
+  calibrated on the train pairs, where the calibration `ab` [M, 2] (scale,
+  shift) is fitted, and on the test pairs with that calibration."""
+  train_raw: np.ndarray
+  train: np.ndarray
+  ab: np.ndarray
+  test_raw: np.ndarray | None = None
+  test: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SearchResult:
+  """The k search's answer per setting (`Pruner.search`), each [S, ...]."""
+  order: np.ndarray       # [S, n] nodes by decreasing tau
+  k: np.ndarray           # smallest circuit reaching the target, else the
+  #                         better of the trained circuit and all nodes
+  keep: np.ndarray        # [S, n] the top-k nodes
+  train_loss: np.ndarray  # calibrated train loss at k
+  reached: np.ndarray     # the target reached on the train pairs
+  exact: np.ndarray       # k is the bisection's answer (else an upper bound)
+  d_train: np.ndarray     # [S, N] train logit differences at k
+  k_trained: np.ndarray   # nodes with tau > 0
 
 
 class Pruner:
@@ -271,12 +298,12 @@ class Pruner:
     s_tr = self.signs(train, len(keep), labels)
     ab = (np.asarray(fit_calibration(d_tr, s_tr)) if self.pc.calibrate
           else np.tile([1.0, 0.0], (len(keep), 1)))
-    out = {"train_raw": bce(d_tr), "train": bce(d_tr, ab, s_tr), "ab": ab}
-    if test is not None:
-      d_te = self.diffs(keep, test, test_labels)
-      s_te = self.signs(test, len(keep), test_labels)
-      out.update(test_raw=bce(d_te), test=bce(d_te, ab, s_te))
-    return out
+    if test is None:
+      return Scores(bce(d_tr), bce(d_tr, ab, s_tr), ab)
+    d_te = self.diffs(keep, test, test_labels)
+    s_te = self.signs(test, len(keep), test_labels)
+    return Scores(bce(d_tr), bce(d_tr, ab, s_tr), ab, bce(d_te),
+                  bce(d_te, ab, s_te))
 
   def signs(self, data, n, labels=None):
     t, a = self._labels(data, n, labels)
@@ -295,10 +322,8 @@ class Pruner:
     its k an upper bound). That costs a setting one evaluation instead of a
     dozen. `exclude`: settings that may not lead (failed on test).
 
-    Returns per setting: order, k (smallest circuit found reaching the
-    target, else the better of the trained circuit and all nodes), keep,
-    train_loss at k, reached, exact (k is the bisection's answer), d_train
-    (train logit differences at k), k_trained (tau > 0)."""
+    Returns a SearchResult: per setting its node order, k, keep, train
+    loss at k, reached, exact, train logit differences and k_trained."""
     S, n = tau_SxN.shape
     tau = np.where(np.isfinite(tau_SxN), tau_SxN, -np.inf)
     order = np.argsort(-tau, axis=1, kind="stable")
@@ -311,7 +336,7 @@ class Pruner:
       keep = np.stack([keep_flat(order[r], k, n) for r, k in zip(rows, ks)])
       d = self.diffs(keep, train, [lab[r] for r in rows])
       sc = self.scores(keep, train, None, [lab[r] for r in rows], d_train=d)
-      return sc["train"], d
+      return sc.train, d
 
     k_pos = np.minimum((tau > 0).sum(1), n)
     lo, hi = np.full(S, -1), np.full(S, n)
@@ -369,9 +394,9 @@ class Pruner:
     d_at_k = np.stack([best_d[r] if reached[r] else fallback[r][2]
                        for r in range(S)])
     keep = np.stack([keep_flat(o, kk, n) for o, kk in zip(order, k)])
-    return dict(order=order, k=k, keep=keep, train_loss=loss,
-                reached=reached, exact=(hi - lo <= 1) | ~reached,
-                d_train=d_at_k, k_trained=k_pos)
+    return SearchResult(order=order, k=k, keep=keep, train_loss=loss,
+                        reached=reached, exact=(hi - lo <= 1) | ~reached,
+                        d_train=d_at_k, k_trained=k_pos)
 
 
 def keep_flat(order, k, n):

@@ -1,7 +1,7 @@
 """Binary next-token tasks as token arrays; their loss and accuracy
 (docs/method.md §4; paper §2.2, Table 1).
 
-`task_suite.py` generates the pairs of prompts; this module turns them (or a
+`suite.py` generates the pairs of prompts; this module turns them (or a
 user's JSONL rows) into `TaskData` for one tokenizer and evaluates a model on
 them. Task loss is the binary cross-entropy over the two candidates at the
 prompt's last position; accuracy is how often the target's logit wins.
@@ -334,22 +334,15 @@ def load_user_tasks(path: str, tok, *, n_test_frac: float = 0.2,
 # ----------------------------------------------------------- loss, metrics
 
 
-def _logit_diff(logits_NxV, target_N, alternative_N):
-  """logit[target] - logit[alternative], [N]."""
-  take = lambda ids: jnp.take_along_axis(
-      logits_NxV, jnp.asarray(ids, jnp.int32)[:, None], axis=-1)[:, 0]
-  return (take(target_N) - take(alternative_N)).astype(jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _stats(params, tokens_BxT, last_B, target_B, alternative_B, sign_B,
            interventions, scale_shift, cfg):
   logits_Bx1xV, _ = model_lib.forward(params, tokens_BxT, cfg, interventions,
                                       read_at=last_B)
-  d_B = _logit_diff(logits_Bx1xV[:, 0], target_B, alternative_B)
-  # A pruned circuit's calibration: a*d + b*sign (scoring.calibration_sign).
-  d_B = scale_shift[0] * d_B + scale_shift[1] * sign_B
-  return jax.nn.softplus(-d_B), d_B
+  d_B = scoring.candidate_diff(logits_Bx1xV[:, 0], target_B,
+                               alternative_B).astype(jnp.float32)
+  d_B = scoring.calibrate(d_B, scale_shift[0], scale_shift[1], sign_B)
+  return scoring.task_loss(d_B), d_B
 
 
 def _pad_columns(tokens_NxT, multiple: int, cap: int, fill: int):

@@ -1,7 +1,9 @@
-"""Scoring a task: the logit difference of the two candidates at a prompt's
-last position, under optional node masks (mean ablation), the straight-through
-hard step of the mask parameters, and the sign convention of the calibration
-(method.md: the task loss and the mask of pruning).
+"""Scoring a task: the logit difference d of the two candidates at a
+prompt's last position (under optional node masks: mean ablation), the task
+loss softplus(-d) (the binary cross-entropy over the two candidates), the
+calibration a*d + b*sign and its sign convention, and the straight-through
+hard step of the mask parameters (method.md: the task loss and the mask of
+pruning).
 
 One module that tasks, the search and pruning all import, so that none of them
 reaches into another for these definitions.
@@ -46,12 +48,32 @@ def last_logits(params, cfg, tokens, masks=None, means=None, last=None):
   return logits[:, -1]
 
 
+def candidate_diff(logits_NxV, target_N, alternative_N):
+  """logit[target] - logit[alternative] per row, [N]."""
+  take = lambda ids: jnp.take_along_axis(
+      logits_NxV, jnp.asarray(ids, jnp.int32)[:, None], axis=-1)[:, 0]
+  return take(target_N) - take(alternative_N)
+
+
 def logit_diff(params, cfg, data_tokens, target, alternative, masks=None,
                means=None, last=None):
   """d = logit[target] - logit[alternative] at the last position, [N]."""
   lg = last_logits(params, cfg, data_tokens, masks, means, last)
-  return (jnp.take_along_axis(lg, target[:, None], 1)[:, 0] -
-          jnp.take_along_axis(lg, alternative[:, None], 1)[:, 0])
+  return candidate_diff(lg, target, alternative)
+
+
+def task_loss(d, xp=jnp):
+  """The task loss of logit differences d, elementwise: softplus(-d), the
+  binary cross-entropy of the target against the alternative. `xp`: jax.numpy
+  (in a program) or numpy (on the host, in d's own precision)."""
+  return xp.logaddexp(-d, 0.0)
+
+
+def calibrate(d, scale, shift, sign):
+  """A circuit's calibrated logit difference: scale > 0 sharpens or softens
+  d but never reverses it; the shift raises one candidate (`sign`,
+  calibration_sign) over the other."""
+  return scale * d + shift * sign
 
 
 def calibration_sign(target, alternative):

@@ -20,7 +20,7 @@ pre-tokenisation pattern, so they hold for any BPE of that pattern:
     is marked `bigram_proof=False`.
 Every candidate is in `tokenizer.REQUIRED_TOKENS`, so every tokenizer this
 project trains has it as one token. Turning pairs into token arrays, loss and
-accuracy live in `tasks.py`.
+accuracy live in `binary.py`.
 
 `python -m sparse_circuits.tasks.suite --markdown` prints the task table of docs/tasks.md.
 """
