@@ -238,6 +238,8 @@ def _validate_prune(p) -> None:
 def validate(c) -> None:
   """Raises ConfigError (a ValueError) naming the first wrong field; cheap
   (no compilation)."""
+  # Here, not at the top: config files import this module while flags are
+  # parsed, before main() sets up host memory, and these two import JAX.
   from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
   from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   m = c.model

@@ -51,6 +51,8 @@ def _resolve(mode):
 
 def main(argv):
   del argv
+  # The package's modules are imported here, in this order, and not at the
+  # top: host memory is set up before JAX starts (see hostmem).
   from sparse_circuits import hostmem  # pylint: disable=g-import-not-at-top
   hostmem.keep_freed_memory()  # before XLA's threads allocate
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
