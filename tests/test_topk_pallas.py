@@ -191,3 +191,23 @@ def test_rows_sharded_over_a_mesh_give_the_same_bits():
                      capture_output=True, text=True, timeout=300,
                      env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+def test_kernel_benchmark_runs_and_checks_exactness():
+  """benchmarks.topk_kernel's per-call part on a small shape (gpu_check.sh's
+  kernel section; QUICK=1 runs the whole of it on CPU in minutes)."""
+  from benchmarks import topk_kernel  # pylint: disable=g-import-not-at-top
+  rows = topk_kernel.per_call(((16, 40, 10),), jnp.bfloat16, rounds=1)
+  assert {r["method"] for r in rows} == set(topk_kernel._methods(10))  # pylint: disable=protected-access
+  assert all(r["exact"] in (True, None) for r in rows), rows
+  assert "pallas" in topk_kernel.format_rows(rows)
+
+
+def test_gpu_check_names_an_unknown_section():
+  r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO,
+                     capture_output=True, text=True, timeout=120,
+                     env={**os.environ, "SECTIONS": "nonsense",
+                          "PYTHON": sys.executable, "OUT": "/tmp/gpu_check_t",
+                          "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 2 and "unknown section nonsense" in r.stdout, (
+      r.stdout + r.stderr)
