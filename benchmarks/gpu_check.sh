@@ -4,15 +4,16 @@
 #   benchmarks/gpu_check.sh [CONFIG]        (default configs/paper.py:1gpu)
 #
 # Sections, run in the order given by SECTIONS (default "kernel
-# kernel_tests"):
-#   kernel       benchmarks.topk_kernel on CONFIG: one AbsTopK call at the
-#                paper's shapes (131072 x 1024 keep 256, x 4096 keep 1024)
-#                with topk_impl xla and pallas beside the memory floor and
-#                lax.top_k, the kernel under other block sizes, then the
-#                train step with each impl and with afrac 0 side by side
-#                (tokens/s, activation top-k share, memory);
+# kernel_tests kernel_step"):
+#   kernel       benchmarks.topk_kernel --nostep on CONFIG: one AbsTopK call
+#                at the paper's shapes (131072 x 1024 keep 256, x 4096 keep
+#                1024) with topk_impl xla and pallas beside the memory floor
+#                and lax.top_k, and the kernel under other block sizes;
 #   kernel_tests tests/test_topk_pallas.py on the device (the real kernel
 #                against sparsity.topk_mask);
+#   kernel_step  benchmarks.topk_kernel --nocalls: CONFIG's train step with
+#                each impl and with afrac 0 side by side (tokens/s,
+#                activation top-k share, memory);
 #   compile_check  XLA's memory per device (fails above the config's
 #                distributed.device_memory_gb), tokens per step, the step
 #                time at 40% of the device's peak;
@@ -33,15 +34,19 @@
 # 2,topk 1,block"), BUDGET_S (380: no section starts later, and each is cut
 # at it), WHEELS (a folder of .whl files installed first into /tmp/site, for
 # a machine without a package index), QUICK (1: CPU-sized shapes and model,
-# the kernel interpreted; default CONFIG configs/tiny.py). On CPU:
+# the kernel interpreted; default CONFIG configs/tiny.py, SECTIONS "kernel
+# kernel_step"). On CPU:
 #   QUICK=1 PYTHON=.venv/bin/python benchmarks/gpu_check.sh
 #   PYTHON=.venv/bin/python SECTIONS=variants VARIANTS=2,topk \
 #     benchmarks/gpu_check.sh configs/tiny.py
 set -u -o pipefail
 QUICK=${QUICK:-0}
-if [ "$QUICK" = 1 ]; then CONFIG=${1:-configs/tiny.py}; else
-  CONFIG=${1:-configs/paper.py:1gpu}; fi
-SECTIONS=${SECTIONS:-kernel kernel_tests}
+if [ "$QUICK" = 1 ]; then
+  CONFIG=${1:-configs/tiny.py} SECTIONS=${SECTIONS:-kernel kernel_step}
+else
+  CONFIG=${1:-configs/paper.py:1gpu}
+  SECTIONS=${SECTIONS:-kernel kernel_tests kernel_step}
+fi
 COMPARE=${COMPARE:-h200}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_check}
@@ -92,13 +97,14 @@ PYTEST=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m pytest -q
         -o addopts= -p no:cacheprovider)
 for s in $SECTIONS; do
   case $s in
-    kernel)
-      quick=()
-      [ "$QUICK" = 1 ] && quick=(--quick --rounds=2)
-      section kernel 300 "$PYTHON" -m benchmarks.topk_kernel \
-        --config="$CONFIG" --out="$OUT" "${quick[@]}" ;;
+    kernel|kernel_step)
+      flags=(--config="$CONFIG" --out="$OUT")
+      [ "$QUICK" = 1 ] && flags+=(--quick --rounds=2)
+      if [ "$s" = kernel ]; then flags+=(--nostep); max=150
+      else flags+=(--nocalls); max=300; fi
+      section "$s" "$max" "$PYTHON" -m benchmarks.topk_kernel "${flags[@]}" ;;
     kernel_tests)
-      section kernel_tests 150 "${PYTEST[@]}" tests/test_topk_pallas.py ;;
+      section kernel_tests 120 "${PYTEST[@]}" tests/test_topk_pallas.py ;;
     compile_check)
       section compile_check 150 "$PYTHON" -m sparse_circuits.main \
         --config="$CONFIG" --mode=compile_check --workdir=/tmp/unused ;;
@@ -119,8 +125,8 @@ for s in $SECTIONS; do
       section compare 600 "$PYTHON" -m sparse_circuits.main \
         --config="configs/compare.py:$COMPARE" --mode=compare \
         --workdir="$OUT/compare" ;;
-    *) echo "=== unknown section $s (want kernel kernel_tests compile_check"\
-         "bench tests variants compare)"; exit 2 ;;
+    *) echo "=== unknown section $s (want kernel kernel_tests kernel_step"\
+         "compile_check bench tests variants compare)"; exit 2 ;;
   esac
 done
 echo "=== done after $((SECONDS - START)) s; logs in $OUT"

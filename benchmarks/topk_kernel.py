@@ -15,7 +15,8 @@
 
 `--quick`: CPU-sized shapes and a one-layer model with the kernel
 interpreted, to check the script end to end (its figures mean nothing).
-Everything printed is also written as JSON to --out/topk_kernel.json.
+`--nostep` / `--nocalls` skip a part. Each part printed is also written as
+JSON to --out/topk_kernel_calls.json and topk_kernel_step.json.
 """
 
 import json
@@ -140,27 +141,34 @@ def format_step(s) -> str:
   return "\n".join(lines)
 
 
-def run(config, quick=False, rounds=5, out_dir=None, step=True) -> dict:
-  """Both parts, printed (and written to out_dir/topk_kernel.json)."""
+def run(config, quick=False, rounds=5, out_dir=None, calls=True,
+        step=True) -> dict:
+  """The parts asked for, printed, each also written to
+  out_dir/topk_kernel_{calls,step}.json as soon as it is done."""
   config = config.copy_and_resolve_references()
   if quick:
     config.model.update(QUICK_FLAGS)
     config.train.batch_size, config.train.microbatches = 4, 1
     config.sparsity.pfrac, config.sparsity.expansion_factor = 1.0, 2.0
-  dtype = jnp.dtype(config.model.compute_dtype)
-  on_gpu = jax.default_backend() == "gpu"
-  rows = per_call(QUICK_SHAPES if quick else PAPER_SHAPES, dtype,
-                  rounds=2 if quick else rounds, tune=on_gpu)
-  print(format_rows(rows), flush=True)
-  out = {"per_call": rows, "backend": jax.default_backend(),
-         "jax": jax.__version__}
+  out = {"backend": jax.default_backend(), "jax": jax.__version__}
+
+  def save(part):
+    if out_dir:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(os.path.join(out_dir, f"topk_kernel_{part}.json"), "w") as f:
+        json.dump({**out, part: out[part]}, f, indent=1)
+
+  if calls:
+    out["calls"] = per_call(QUICK_SHAPES if quick else PAPER_SHAPES,
+                            jnp.dtype(config.model.compute_dtype),
+                            rounds=2 if quick else rounds,
+                            tune=jax.default_backend() == "gpu")
+    print(format_rows(out["calls"]), flush=True)
+    save("calls")
   if step:
     out["step"] = step_side_by_side(config, rounds=1 if quick else 3)
     print(format_step(out["step"]), flush=True)
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "topk_kernel.json"), "w") as f:
-      json.dump(out, f, indent=1)
+    save("step")
   return out
 
 
@@ -172,12 +180,14 @@ def main():
       "config", "configs/paper.py:1gpu", "ml_collections config file.")
   quick = flags.DEFINE_bool("quick", False, "CPU-sized shapes and model.")
   rounds = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.", 1)
-  step = flags.DEFINE_bool("step", True, "Also time the train step.")
-  out = flags.DEFINE_string("out", None, "Folder for topk_kernel.json.")
+  calls = flags.DEFINE_bool("calls", True, "Time one AbsTopK call.")
+  step = flags.DEFINE_bool("step", True, "Time the train step.")
+  out = flags.DEFINE_string("out", None, "Folder for the JSON files.")
 
   def _main(argv):
     del argv
-    run(cfg_flag.value, quick.value, rounds.value, out.value, step.value)
+    run(cfg_flag.value, quick.value, rounds.value, out.value, calls.value,
+        step.value)
   app.run(_main)
 
 

@@ -12,8 +12,8 @@ Per row: the bits of |x| as an int32 (for bfloat16 the 16-bit pattern, so 15
 bisection steps instead of 31) are monotonic in |x|; a bisection finds the
 k-th largest, `lo`, with count(bits >= lo) >= k > count(bits > lo). The
 entries above `lo` are kept, and of those equal to it the first
-`k - count(bits > lo)`: a cumulative count on GPU (Triton has a scan), a
-bisection over the index elsewhere (Mosaic has no cumsum). Each row's `lo`
+`k - count(bits > lo)`: by a cumulative count (Triton has a scan), or on
+TPU by a bisection over the index (Mosaic has no cumsum). Each row's `lo`
 and `c` (the kept ties lie at indices < c) leave beside the output, so the
 backward (`jax.custom_vjp`) rebuilds the mask from the output y in one
 elementwise pass, with no second selection: the kept entries are y's
@@ -23,8 +23,9 @@ either below lo or a tie at or past c).
 Backends: GPU through Triton (block shapes are powers of two: the row is
 padded inside the wrapper to the next one, the padding masked to bits -1,
 below every |x|); CPU through Pallas' interpreter (slow; for tests). TPU
-through Mosaic is the same algorithm with the index tie-break; it lowers
-there only for widths that are multiples of 128 and is not measured.
+through Mosaic: the same algorithm with the index tie-break and blocks of a
+multiple of 8 rows; it lowers, but has never been compiled or measured on a
+TPU.
 Rows are independent, so any leading shape works (flattened to rows) and
 under vmap Pallas adds a grid axis.
 """
