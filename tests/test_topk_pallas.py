@@ -113,26 +113,27 @@ def test_tiny_model_forward_is_the_same_with_either(compute_dtype):
 def test_remat_topk_keeps_the_kernel_results_and_the_gradient():
   """Under model.remat=topk the backward recomputes no kernel call (each
   interpreted call is a loop: "block" recomputes the layer's calls, "topk"
-  none), and the gradient is the XLA path's."""
-  cfg0 = dataclasses.replace(CFG, n_layer=1,
+  none), and the gradient is the one without remat (which, kernel call by
+  kernel call, is the XLA path's: test_gradient_equals_the_xla_path)."""
+  cfg0 = dataclasses.replace(CFG, n_layer=1, topk_impl="pallas",
                              afrac_sites=("attn_k", "mlp_neuron"))
   params = M.init_params(cfg0, 0)
   toks = jnp.asarray(np.random.default_rng(1).integers(0, 64, (2, 16)),
                      jnp.int32)
 
-  def grad(impl, remat):
-    cfg = dataclasses.replace(cfg0, topk_impl=impl, remat=remat)
+  def grad(remat):
+    cfg = dataclasses.replace(cfg0, remat=remat)
     fn = jax.grad(lambda p: jnp.sum(M.forward(p, toks, cfg)[0]))
     return jax.jit(fn).lower(params).compile()
 
-  want = grad("xla", "topk")(params)
-  topk = grad("pallas", "topk")
+  none, topk = grad("none"), grad("topk")
   # XLA fuses the two programs differently: test_model's remat tolerance.
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(topk(params))):
+  for a, b in zip(jax.tree.leaves(none(params)), jax.tree.leaves(
+      topk(params))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
   loops = lambda c: c.as_text().count(" while(")  # pylint: disable=unnecessary-lambda-assignment
-  in_layer = loops(grad("pallas", "none"))  # one layer's kernel calls
-  assert loops(grad("pallas", "block")) - loops(topk) == in_layer > 0
+  in_layer = loops(none)  # one layer's kernel calls
+  assert loops(grad("block")) - loops(topk) == in_layer > 0
 
 
 def test_topk_impl_is_validated_and_auto_is_xla_until_measured():
