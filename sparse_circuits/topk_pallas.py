@@ -159,7 +159,7 @@ def forward_with_residuals(x, k: int, *, block_rows: int | None = None,
     # (TritonCompilerParams in older jax.) Passing them picks Triton over
     # Mosaic GPU, the default of jax 0.10 to 0.12.
     params_cls = (getattr(plgpu, "CompilerParams", None) or
-                  getattr(plgpu, "TritonCompilerParams"))
+                  plgpu.TritonCompilerParams)
     params["compiler_params"] = params_cls(
         num_warps=num_warps or (8 if r * n_pad >= 4096 else 4), num_stages=1)
   y, lo, c = pl.pallas_call(

@@ -196,6 +196,7 @@ SHARDED = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow  # another process
 def test_rows_sharded_over_a_mesh_give_the_same_bits():
   r = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO,
                      capture_output=True, text=True, timeout=300,
@@ -213,6 +214,7 @@ def test_kernel_benchmark_runs_and_checks_exactness():
   assert "pallas" in topk_kernel.format_rows(rows)
 
 
+@pytest.mark.slow  # a command-line run
 def test_gpu_check_names_an_unknown_section():
   r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO,
                      capture_output=True, text=True, timeout=120,
