@@ -215,11 +215,14 @@ def test_kernel_benchmark_runs_and_checks_exactness():
 
 
 @pytest.mark.slow  # a command-line run
-def test_gpu_check_names_an_unknown_section():
+def test_gpu_check_dispatches_its_sections_under_the_budget():
+  """A section past the budget is skipped (here the h200 compare, with no
+  budget at all) and an unknown one is named."""
   r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO,
                      capture_output=True, text=True, timeout=120,
-                     env={**os.environ, "SECTIONS": "nonsense",
-                          "PYTHON": sys.executable, "OUT": "/tmp/gpu_check_t",
-                          "JAX_PLATFORMS": "cpu"})
+                     env={**os.environ, "SECTIONS": "compare nonsense",
+                          "BUDGET_S": "0", "PYTHON": sys.executable,
+                          "OUT": "/tmp/gpu_check_t", "JAX_PLATFORMS": "cpu"})
+  assert "=== compare: skipped" in r.stdout, r.stdout + r.stderr
   assert r.returncode == 2 and "unknown section nonsense" in r.stdout, (
       r.stdout + r.stderr)
