@@ -125,8 +125,8 @@ def get_config(arg: str = "default"):
     # 750 steps of 128 x 256 tokens = 24.6M tokens per model (2.4 passes
     # over the standard library's 10.4M tokens). Estimate for one H200,
     # scaled from the paper model's step there (121k tokens/s with the XLA
-    # top-k, 68% of it activation top-k; BUILD.md) by activation and matmul
-    # size: sparse_512 ~60 s, sparse_256 ~30 s, the dense four ~60 s
+    # top-k, 68% of it activation top-k; docs/results.md) by activation
+    # and matmul size: sparse_512 ~60 s, sparse_256 ~30 s, the dense four ~60 s
     # together; compiles ~15 s per model; pruning 6 models x 3 tasks at 8
     # settings x 100 steps ~4 min with its compiles; data 20 s: about 8
     # min. Not run yet: its first device run replaces this estimate.
