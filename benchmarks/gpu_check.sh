@@ -1,26 +1,53 @@
 #!/usr/bin/env bash
-# The one-GPU check of the paper model, in one go, printing everything:
+# The one-GPU checks, in one go, printing everything:
 #
 #   benchmarks/gpu_check.sh [CONFIG]        (default configs/paper.py:1gpu)
 #
-# 1. compile_check of CONFIG: XLA's memory per device (fails above the
-#    config's distributed.device_memory_gb), tokens per step, the step time
-#    at 40% of the device's peak;
-# 2. benchmarks.step on CONFIG: ms/step, tokens/s, model TFLOP/s, MFU, the
-#    shares of weight top-k and activation top-k (afrac on vs off) and of the
-#    input pipeline;
-# 3. the tests of microbatches, remat and bfloat16 compute, on the device;
-# 4. while time is left, the step alone under other (microbatches, remat)
-#    choices, with XLA's memory estimate of each.
+# Sections, run in the order given by SECTIONS (default "kernel
+# kernel_tests kernel_step"):
+#   kernel       benchmarks.topk_kernel --nostep on CONFIG: one AbsTopK call
+#                at the paper's shapes (131072 x 1024 keep 256, x 4096 keep
+#                1024) with topk_impl xla and pallas beside the memory floor
+#                and lax.top_k, and the kernel under other block sizes;
+#   kernel_tests tests/test_topk_pallas.py on the device (the real kernel
+#                against sparsity.topk_mask);
+#   kernel_step  benchmarks.topk_kernel --nocalls: CONFIG's train step with
+#                each impl and with afrac 0 side by side (tokens/s,
+#                activation top-k share, memory);
+#   compile_check  XLA's memory per device (fails above the config's
+#                distributed.device_memory_gb), tokens per step, the step
+#                time at 40% of the device's peak;
+#   bench        benchmarks.step on CONFIG: ms/step, tokens/s, model
+#                TFLOP/s, MFU, the shares of weight top-k and activation
+#                top-k (afrac on vs off) and of the input pipeline;
+#   tests        the tests of microbatches, remat and bfloat16 compute;
+#   variants     the step alone under other (microbatches, remat) choices,
+#                with XLA's memory estimate of each;
+#   compare      --mode=compare with configs/compare.py:COMPARE (default
+#                h200: the paper's regime sized to minutes on one H200),
+#                its workdir under $OUT/compare.
+# The paper model's first check was SECTIONS="compile_check bench tests
+# variants" (BUILD.md, "One GPU").
 #
 # Run from the repository root. Environment: PYTHON (python3), OUT (a
 # folder for the logs, /tmp/gpu_check), ROUNDS (3), VARIANTS ("4,topk
 # 2,topk 1,block"), BUDGET_S (380: no section starts later, and each is cut
 # at it), WHEELS (a folder of .whl files installed first into /tmp/site, for
-# a machine without a package index). A quick try on CPU:
-#   PYTHON=.venv/bin/python VARIANTS=2,topk benchmarks/gpu_check.sh configs/tiny.py
+# a machine without a package index), QUICK (1: CPU-sized shapes and model,
+# the kernel interpreted; default CONFIG configs/tiny.py, SECTIONS "kernel
+# kernel_step"). On CPU:
+#   QUICK=1 PYTHON=.venv/bin/python benchmarks/gpu_check.sh
+#   PYTHON=.venv/bin/python SECTIONS=variants VARIANTS=2,topk \
+#     benchmarks/gpu_check.sh configs/tiny.py
 set -u -o pipefail
-CONFIG=${1:-configs/paper.py:1gpu}
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  CONFIG=${1:-configs/tiny.py} SECTIONS=${SECTIONS:-kernel kernel_step}
+else
+  CONFIG=${1:-configs/paper.py:1gpu}
+  SECTIONS=${SECTIONS:-kernel kernel_tests kernel_step}
+fi
+COMPARE=${COMPARE:-h200}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_check}
 ROUNDS=${ROUNDS:-3}
@@ -63,20 +90,43 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
 flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 \
   | grep -v "Unable to initialize backend"
 
-section compile_check 150 "$PYTHON" -m sparse_circuits.main \
-  --config="$CONFIG" --mode=compile_check --workdir=/tmp/unused
-section bench 200 "$PYTHON" -m benchmarks.step --config="$CONFIG" \
-  --noprune --rounds="$ROUNDS"
 # float32 matmuls at full precision (GPUs default to TF32): the tests
 # compare float32 programs to 1e-5. `-o addopts=` runs them in this process,
 # without pyproject's pytest-xdist options (the device may lack xdist).
-section tests 90 env JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m \
-  pytest -q -o addopts= -p no:cacheprovider tests/test_train.py tests/test_model.py \
-  -k "microbatches_give or remat_gives or bfloat16"
-for v in $VARIANTS; do
-  m=${v%,*} r=${v#*,}
-  section "step_m${m}_${r}" 75 "$PYTHON" -m benchmarks.step \
-    --config="$CONFIG" --config.train.microbatches="$m" \
-    --config.model.remat="$r" --noprune --noshares --rounds=2
+PYTEST=(env JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m pytest -q
+        -o addopts= -p no:cacheprovider)
+for s in $SECTIONS; do
+  case $s in
+    kernel|kernel_step)
+      flags=(--config="$CONFIG" --out="$OUT")
+      [ "$QUICK" = 1 ] && flags+=(--quick --rounds=2)
+      if [ "$s" = kernel ]; then flags+=(--nostep); max=150
+      else flags+=(--nocalls); max=300; fi
+      section "$s" "$max" "$PYTHON" -m benchmarks.topk_kernel "${flags[@]}" ;;
+    kernel_tests)
+      section kernel_tests 120 "${PYTEST[@]}" tests/test_topk_pallas.py ;;
+    compile_check)
+      section compile_check 150 "$PYTHON" -m sparse_circuits.main \
+        --config="$CONFIG" --mode=compile_check --workdir=/tmp/unused ;;
+    bench)
+      section bench 200 "$PYTHON" -m benchmarks.step --config="$CONFIG" \
+        --noprune --rounds="$ROUNDS" ;;
+    tests)
+      section tests 90 "${PYTEST[@]}" tests/test_train.py tests/test_model.py \
+        -k "microbatches_give or remat_gives or bfloat16" ;;
+    variants)
+      for v in $VARIANTS; do
+        m=${v%,*} r=${v#*,}
+        section "step_m${m}_${r}" 75 "$PYTHON" -m benchmarks.step \
+          --config="$CONFIG" --config.train.microbatches="$m" \
+          --config.model.remat="$r" --noprune --noshares --rounds=2
+      done ;;
+    compare)
+      section compare 600 "$PYTHON" -m sparse_circuits.main \
+        --config="configs/compare.py:$COMPARE" --mode=compare \
+        --workdir="$OUT/compare" ;;
+    *) echo "=== unknown section $s (want kernel kernel_tests kernel_step"\
+         "compile_check bench tests variants compare)"; exit 2 ;;
+  esac
 done
 echo "=== done after $((SECONDS - START)) s; logs in $OUT"

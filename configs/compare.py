@@ -4,6 +4,7 @@
   python -m sparse_circuits.main --config=configs/compare.py:smoke --mode=compare --workdir=/tmp/compare_smoke
   python -m sparse_circuits.main --config=configs/compare.py:gpu --mode=compare --workdir=runs/compare_gpu
   python -m sparse_circuits.main --config=configs/compare.py:wide --mode=compare --workdir=runs/compare_wide
+  SECTIONS=compare COMPARE=h200 BUDGET_S=480 benchmarks/gpu_check.sh
 
 Default (CPU, the tiny model's shape and budget: 2 layers, context 64,
 900 steps of 64 x 64 tokens): weight-sparse at d_model 128 keeping 1/4 and
@@ -19,6 +20,11 @@ to 1024, 20k steps of 128 x 256 tokens; not run yet: from the paper
 model's 121k tokens/s on one H200 (BUILD.md; 8 layers, twice these), a
 sparse model here would take roughly 45 min, the dense ones less, about
 2-3 h in all with the pruning).
+`h200`: the paper's regime in minutes on one GPU (not run yet): sparse
+models wider than their dense partners at the same hidden nonzeros, hidden
+L0 1/16 and 1/64, 24.6M tokens per model; see its comments for the time
+estimate (<= 8 min on one H200, compiles included). Run it through
+benchmarks/gpu_check.sh (the line above), which cuts it at BUDGET_S.
 Other widths or L0 levels: `--config.compare.models.NAME.d_model=...`.
 """
 
@@ -37,10 +43,10 @@ def _model(family, d_model, pfrac=None, expansion_factor=None, **extra):
 
 
 def get_config(arg: str = "default"):
-  if arg not in ("default", "smoke", "gpu", "wide"):
+  if arg not in ("default", "smoke", "gpu", "wide", "h200"):
     raise ValueError(f"unknown compare config {arg!r}: want default, smoke, "
-                     "gpu or wide")
-  c = config_lib.base_config("small" if arg == "gpu" else "tiny")
+                     "gpu, wide or h200")
+  c = config_lib.base_config("small" if arg in ("gpu", "h200") else "tiny")
   c.name = f"compare_{arg}"
   c.train.eval_batches = 16  # held-out LM loss over 16 x 64 windows
   c.tasks.suite = "paper"    # the paper's 20 tasks ("all": + extras)
@@ -111,6 +117,34 @@ def get_config(arg: str = "default"):
         "sparse_32_keep8": _model("sparse", 32, 0.125, 1.0, afrac=0.0),
         "dense_16": _model("dense", 16),
         "dense_32": _model("dense", 32),
+    }
+  elif arg == "h200":
+    # `wide`'s family at the small config's shape (4 layers, context 256):
+    # both sparse models keep ~196k hidden nonzeros (d_model 64*ef, hidden
+    # L0 1/ef**2), as dense_64 does; dense 32..256 span the frontier.
+    # 750 steps of 128 x 256 tokens = 24.6M tokens per model (2.4 passes
+    # over the standard library's 10.4M tokens). Estimate for one H200,
+    # scaled from the paper model's step there (121k tokens/s with the XLA
+    # top-k, 68% of it activation top-k; docs/results.md) by activation
+    # and matmul size: sparse_512 ~60 s, sparse_256 ~30 s, the dense four ~60 s
+    # together; compiles ~15 s per model; pruning 6 models x 3 tasks at 8
+    # settings x 100 steps ~4 min with its compiles; data 20 s: about 8
+    # min. Not run yet: its first device run replaces this estimate.
+    c.model.compute_dtype = "bfloat16"
+    c.train.num_steps, c.train.batch_size = 750, 128
+    c.train.log_every = 50
+    c.train.eval_every = c.train.checkpoint_every = 750
+    c.prune.steps, c.prune.batch_size, c.prune.sweep_size = 100, 32, 8
+    c.prune.mean_batches = 4
+    cc.max_tasks = 3
+    cc.bootstrap = 500
+    cc.models = {
+        "sparse_256_l16": _model("sparse", 256, 1.0, 4.0),
+        "sparse_512_l64": _model("sparse", 512, 1.0, 8.0),
+        "dense_32": _model("dense", 32),
+        "dense_64": _model("dense", 64),
+        "dense_128": _model("dense", 128),
+        "dense_256": _model("dense", 256),
     }
   elif arg == "gpu":
     c.train.num_steps, c.train.batch_size = 20_000, 128

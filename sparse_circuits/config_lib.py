@@ -50,6 +50,10 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Recompute each block's forward in the backward: "none", "block" or
   # "topk" (model.REMAT_POLICIES); less memory for more compute.
   c.model.remat = "none"
+  # AbsTopK: "xla" (sparsity.topk_mask), "pallas" (one kernel per call,
+  # sparse_circuits/topk_pallas.py; interpreted on CPU, slow) or "auto" (the
+  # one measured faster on this backend: "xla" until a device measures it).
+  c.model.topk_impl = "auto"
 
   c.data = ml_collections.ConfigDict()
   # "stdlib" = the running interpreter's standard library; "site-packages" =
@@ -261,6 +265,8 @@ def validate(c) -> None:
   _require(m.remat in model_lib.REMAT_POLICIES, "model.remat",
            f"want one of {sorted(model_lib.REMAT_POLICIES)}, got "
            f"{m.remat!r}")
+  _require(m.topk_impl in model_lib.TOPK_IMPLS, "model.topk_impl",
+           f"want one of {model_lib.TOPK_IMPLS}, got {m.topk_impl!r}")
   _require(m.vocab_size == 2048 or c.data.tokenizer_dir, "model.vocab_size",
            "the built-in tokenizer has 2048 ids; set data.tokenizer_dir for "
            "another vocabulary")

@@ -108,7 +108,7 @@ FACTS_SECTIONS = ("sparsity", "opt")
 FACTS_TRAIN = ("num_steps", "batch_size")
 # Model fields that say how to run a model, not what it is: an import takes
 # them from --config.
-RUN_CHOICES = ("compute_dtype", "remat")
+RUN_CHOICES = ("compute_dtype", "remat", "topk_impl")
 # Fields outside the published GPTConfig that change the network when set to
 # anything but this value: refused (they would change the key set or the
 # forward, and we cannot reproduce them).

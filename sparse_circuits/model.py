@@ -25,6 +25,7 @@ from flax import nnx
 
 from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
+from sparse_circuits import topk_pallas
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # torch RMSNorm's default
 _TOPK = ("abs_topk_out", "abs_topk_mask")  # checkpoint names of AbsTopK
@@ -36,6 +37,19 @@ REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,
     "topk": jax.checkpoint_policies.save_only_these_names(*_TOPK),
 }
+# `model.topk_impl`: how AbsTopK runs. "xla": `sparsity.topk_mask`, plain
+# XLA ops; "pallas": `topk_pallas`, one kernel per call (Triton on GPU,
+# interpreted on CPU: slow, for tests); "auto": the one measured faster on
+# the backend, per AUTO_TOPK_IMPL (no device measurement yet: "xla").
+TOPK_IMPLS = ("xla", "pallas", "auto")
+AUTO_TOPK_IMPL: dict[str, str] = {}
+
+
+def resolve_topk_impl(impl: str, backend: str | None = None) -> str:
+  """"xla" or "pallas" for `impl` on `backend` (default JAX's)."""
+  if impl != "auto":
+    return impl
+  return AUTO_TOPK_IMPL.get(backend or jax.default_backend(), "xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +68,7 @@ class ModelConfig:
   pos_emb: bool = True
   compute_dtype: str = "float32"
   remat: str = "none"              # a key of REMAT_POLICIES
+  topk_impl: str = "auto"          # one of TOPK_IMPLS
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
@@ -66,17 +81,23 @@ class ModelConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r}: want one of "
                        f"{sorted(REMAT_POLICIES)}")
+    if self.topk_impl not in TOPK_IMPLS:
+      raise ValueError(f"model.topk_impl={self.topk_impl!r}: want one of "
+                       f"{TOPK_IMPLS}")
 
   def site_names(self) -> list[str]:
     """Every activation site in forward order."""
     return sites_lib.site_names(self.n_layer)
 
 
-def abs_topk(x, k: int):
+def abs_topk(x, k: int, impl: str = "xla"):
   """Keeps exactly the k largest-|x| entries of the last axis (ties go to the
-  lower index); the gradient flows to the kept ones."""
+  lower index); the gradient flows to the kept ones. `impl`: one of
+  TOPK_IMPLS; both give the same bits."""
   if k >= x.shape[-1]:
     return x
+  if resolve_topk_impl(impl) == "pallas":
+    return topk_pallas.abs_topk(x, k, save_as=_TOPK)
   mask = checkpoint_name(sparsity.topk_mask(jnp.abs(x), k), _TOPK[1])
   return checkpoint_name(jnp.where(mask, x, jnp.zeros((), x.dtype)), _TOPK[0])
 
@@ -100,7 +121,7 @@ class _Sites:
     cfg = self.cfg
     afrac_site = _AFRAC_AT.get(sites_lib.split(name)[1])
     if afrac_site and cfg.afrac > 0 and afrac_site in cfg.afrac_sites:
-      x = abs_topk(x, int(cfg.afrac * x.shape[-1]))
+      x = abs_topk(x, int(cfg.afrac * x.shape[-1]), cfg.topk_impl)
     if name in self.interventions:
       iv = self.interventions[name]
       if "mask" in iv:

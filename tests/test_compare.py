@@ -188,6 +188,37 @@ def test_config_errors_name_the_field():
     compare.models(c, "/tmp/x")
 
 
+def test_h200_variant_is_the_papers_regime_and_validates():
+  """The device variant (not runnable here): every model's config validates
+  and the family is accepted; the sparse models are wider than dense_64 at
+  about its hidden nonzeros, hidden L0 reaches 1/64, tens of millions of
+  tokens per model."""
+  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  config = compare_config("h200")
+  ms = {m.name: m for m in compare.models(config, "/tmp/x")}
+
+  def hidden_nonzeros(c):
+    cfg = model_lib.ModelConfig.from_config(c.model)
+    s = c.sparsity
+    sched = sparsity.Schedule(1, s.pfrac if s.enabled else s.expansion_factor
+                              ** 2, s.expansion_factor)
+    plan = sparsity.make_plan(model_lib.abstract_params(cfg), sched)
+    return sum(m.k_final for m in plan.matrices
+               if m.kind == "hidden" and "wpe" not in m.path)
+
+  dense = hidden_nonzeros(ms["dense_64"].config)
+  l0s = []
+  for name in ("sparse_256_l16", "sparse_512_l64"):
+    c = ms[name].config
+    assert c.model.d_model > ms["dense_64"].config.model.d_model
+    assert hidden_nonzeros(c) == pytest.approx(dense, rel=0.01), name
+    l0s.append(c.sparsity.pfrac / c.sparsity.expansion_factor ** 2)
+  assert min(l0s) <= 1 / 64
+  t = config.train
+  assert t.num_steps * t.batch_size * config.model.block_size >= 20e6
+
+
 # --------------------------------------------------------------- smoke
 
 
