@@ -17,7 +17,7 @@ widths, weight sparsity without activation top-k, every task counted as
 learned: it checks the plumbing in CI, its numbers mean nothing. `gpu`:
 the same experiment at accelerator size (4 layers, context 256, d_model up
 to 1024, 20k steps of 128 x 256 tokens; not run yet: from the paper
-model's 121k tokens/s on one H200 (BUILD.md; 8 layers, twice these), a
+model's 121k tokens/s on one H200 (docs/results.md, "One GPU"; 8 layers, twice these), a
 sparse model here would take roughly 45 min, the dense ones less, about
 2-3 h in all with the pruning).
 `h200`: the paper's regime in minutes on one GPU (not run yet): sparse

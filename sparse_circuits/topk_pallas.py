@@ -6,7 +6,7 @@ ties going to the lower index, bit for bit as `model.abs_topk` with
 full sort for k above 16-256, and the bisection of `sparsity.topk_mask` is
 31 passes over the activation through HBM; this kernel reads a block of rows
 once, runs the same bisection on the float bit pattern in registers and
-writes the masked rows once (docs/results_kernel.md).
+writes the masked rows once (docs/results.md, "The AbsTopK kernel").
 
 Per row: the bits of |x| as an int32 (for bfloat16 the 16-bit pattern, so 15
 bisection steps instead of 31) are monotonic in |x|; a bisection finds the
