@@ -312,6 +312,16 @@ def _write_jsonl(path, rows):
   return str(path)
 
 
+def _load_user(path, tok, names):
+  """The named tasks of a user task file, loaded as a run loads them
+  (config.tasks.user_tasks)."""
+  config = config_lib.base_config("tiny")
+  config.model.block_size = MAX_LEN
+  config.tasks.seed = 0
+  config.tasks.user_tasks = str(path)
+  return tasks.build_all(config, tok, names=names)
+
+
 def _user_rows(n_pairs=10):
   rows = []
   for i in range(n_pairs):
@@ -330,7 +340,7 @@ def test_user_tasks_load_split_and_right_pad(tmp_path, tok):
                               {"prompt": "for key", "target": " in",
                                "alternative": " =", "task": "user_for"}]
   path = _write_jsonl(tmp_path / "my_quotes.jsonl", rows)
-  loaded = tasks.load_user_tasks(path, tok, seed=0, max_len=MAX_LEN)
+  loaded = _load_user(path, tok, ["my_quotes", "user_for"])
   assert set(loaded) == {"my_quotes", "user_for"}
   t = loaded["my_quotes"]
   assert len(t.train) + len(t.test) == 20 and len(t.test) == 4  # 0.2 of pairs
@@ -343,21 +353,21 @@ def test_user_tasks_load_split_and_right_pad(tmp_path, tok):
   f = loaded["user_for"]
   assert not set(f.train.texts) & set(f.test.texts)
   assert set(f.train.texts) | set(f.test.texts) == {"for item", "for key"}
-  again = tasks.load_user_tasks(path, tok, seed=0, max_len=MAX_LEN)
+  again = _load_user(path, tok, ["my_quotes", "user_for"])
   assert again["my_quotes"].test.texts == t.test.texts
 
 
 def test_user_task_candidates_that_one_token_cannot_tell_apart(tmp_path, tok):
   rows = _user_rows(2)
   rows[2] = dict(rows[2], target=" definitely_not_one_token")
-  ok = tasks.load_user_tasks(_write_jsonl(tmp_path / "ok.jsonl", rows), tok,
-                             max_len=MAX_LEN)["ok"]
+  ok = _load_user(_write_jsonl(tmp_path / "ok.jsonl", rows), tok,
+                  ["ok"])["ok"]
   first = tok.encode(" definitely_not_one_token")[0]
   assert first in np.concatenate([ok.train.target, ok.test.target])
   rows[2] = dict(rows[2], alternative=" definitely_not_two_tokens")
   path = _write_jsonl(tmp_path / "bad.jsonl", rows)
   with pytest.raises(tasks.CandidateError) as e:
-    tasks.load_user_tasks(path, tok, max_len=MAX_LEN)
+    _load_user(path, tok, ["bad"])
   msg = str(e.value)
   assert "bad.jsonl:3" in msg and "'bad'" in msg
   assert "definitely_not_one_token" in msg and "definitely_not_two" in msg
@@ -368,10 +378,10 @@ def test_user_task_format_errors_name_the_line(tmp_path, tok):
   path.write_text('{"prompt": "x", "target": "\'", "alternative": "\\""}\n'
                   "{not json\n")
   with pytest.raises(ValueError, match=r"broken.jsonl:2.*JSON"):
-    tasks.load_user_tasks(str(path), tok, max_len=MAX_LEN)
+    _load_user(path, tok, ["broken"])
   path.write_text('{"prompt": "x", "target": "\'"}\n')
   with pytest.raises(ValueError, match=r"broken.jsonl:1.*alternative"):
-    tasks.load_user_tasks(str(path), tok, max_len=MAX_LEN)
+    _load_user(path, tok, ["broken"])
 
 
 def test_build_suite_follows_suite_names_and_user_tasks(tmp_path, tok):

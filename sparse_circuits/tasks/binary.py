@@ -270,8 +270,18 @@ def _warn_unnatural_split(tok, path, name, rows) -> None:
 
 def _user_builders(path: str, tok, *, n_test_frac: float = 0.2,
                    seed: int = 0, max_len: int) -> dict[str, Callable[[], Task]]:
-  """Reads and splits the rows now (format errors raise here); each task is
-  tokenized when its builder is called (CandidateError then)."""
+  """Builders of the tasks in a .jsonl of {"prompt", "target", "alternative"
+  [, "task"]} (config.tasks.user_tasks).
+
+  Rows of one task (named by "task", default the file's stem) are split into
+  train and test by seeded shuffle, n_test_frac of them for test. Two
+  consecutive rows with swapped candidates are kept together as a pair
+  (same `pair` id); any other row is a pair of its own. The rows are read
+  and split now (format errors raise here); each task is tokenized when its
+  builder is called. Candidates that are not single tokens are compared by
+  their first token; if that cannot tell a row's two apart, CandidateError
+  names the line and the candidates.
+  """
   out = {}
   for name, rows in _read_user_rows(path).items():
     groups, i = [], 0
@@ -314,21 +324,6 @@ def _user_builders(path: str, tok, *, n_test_frac: float = 0.2,
       return task
     out[name] = make
   return out
-
-
-def load_user_tasks(path: str, tok, *, n_test_frac: float = 0.2,
-                    seed: int = 0, max_len: int) -> dict[str, Task]:
-  """Tasks from a .jsonl of {"prompt", "target", "alternative"[, "task"]}.
-
-  Rows of one task (named by "task", default the file's stem) are split into
-  train and test by seeded shuffle, n_test_frac of them for test. Two
-  consecutive rows with swapped candidates are kept together as a pair
-  (same `pair` id); any other row is a pair of its own. Candidates that are
-  not single tokens are compared by their first token; if that cannot tell
-  a row's two apart, CandidateError names the line and the candidates.
-  """
-  return {name: make() for name, make in _user_builders(
-      path, tok, n_test_frac=n_test_frac, seed=seed, max_len=max_len).items()}
 
 
 # ----------------------------------------------------------- loss, metrics
