@@ -72,6 +72,7 @@ _forward = jax.jit(lambda p, t, cfg: M.forward(p, t, cfg)[0],
                    static_argnums=2)
 
 
+@pytest.mark.slow
 def test_identity_bridges_between_copies_reproduce_the_model():
   params = _trained_like(M.init_params(SPARSE, 0))
   batch = _tokens(l=17)
@@ -88,6 +89,7 @@ def test_identity_bridges_between_copies_reproduce_the_model():
   assert float(total) == float(terms["lm"])
 
 
+@pytest.mark.slow
 def test_hybrid_runs_each_model_on_its_side_of_the_switch():
   a = _trained_like(M.init_params(SPARSE, 0), seed=1)
   b = _trained_like(M.init_params(SPARSE, 7), seed=2)
@@ -156,6 +158,7 @@ def test_short_bridge_training_lowers_nmse_and_kl():
     assert end < 0.7 * first[t], (t, first[t], end)
 
 
+@pytest.mark.slow
 def test_steering_at_strength_zero_leaves_the_dense_model_unchanged():
   dense = _trained_like(M.init_params(DENSE, 0), seed=3)
   sparse = _trained_like(M.init_params(SPARSE, 1), seed=4)
@@ -321,6 +324,7 @@ def test_bridge_mode_trains_resumes_and_steers(tmp_path, tiny_data,
     assert "Steering the dense model" in f.read()
 
 
+@pytest.mark.slow
 def test_cycling_switch_points_gives_the_full_sum_over_a_cycle():
   sparse_cfg = dataclasses.replace(SPARSE, n_layer=1)
   dense_cfg = dataclasses.replace(DENSE, n_layer=1)

@@ -27,7 +27,8 @@ def _trained_like(params, seed=1):
   return jax.tree.unflatten(tree, leaves)
 
 
-@pytest.mark.parametrize("sink", [False, True])
+@pytest.mark.parametrize(
+    "sink", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_causal_via_gradients(sink):
   cfg = dataclasses.replace(CFG, sink=sink)
   params = _trained_like(M.init_params(cfg, 0))
@@ -94,6 +95,7 @@ def test_interventions_mask_one_is_identity_and_mean_ablation_is_exact():
   np.testing.assert_allclose(got["0.mlp.post_act"], want, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_sink_with_very_negative_logit_is_no_sink():
   cfg = dataclasses.replace(CFG, sink=True)
   params = _trained_like(M.init_params(cfg, 0))
@@ -135,6 +137,7 @@ def test_bfloat16_compute_close_to_float32():
   np.testing.assert_allclose(a, b, atol=0.05)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients_and_captures():
   """jax.checkpoint per block recomputes the forward in the backward: the
   gradients, the logits and the captured sites (returned from inside the
@@ -167,6 +170,7 @@ def test_remat_gives_the_same_gradients_and_captures():
                                  atol=1e-6 * np.abs(a).max(), err_msg=remat)
 
 
+@pytest.mark.slow
 def test_remat_saves_memory_and_recomputes_what_its_policy_says():
   """Counted in the compiled gradient of a 4-layer model: the temporaries
   shrink (none > topk > block), and each AbsTopK, a bisection loop of
@@ -194,6 +198,7 @@ def test_remat_saves_memory_and_recomputes_what_its_policy_says():
     dataclasses.replace(CFG, remat="everything")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sink", [False, True])
 def test_last_only_equals_the_last_position_of_the_full_forward(sink):
   """last_only skips the last block's other positions (the prune program's

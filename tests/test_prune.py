@@ -200,6 +200,7 @@ def _random_model():
   return p, cfg
 
 
+@pytest.mark.slow
 def test_all_ones_masks_reproduce_the_unpruned_logits():
   params, cfg = _random_model()
   sites = sites_lib.node_sites(cfg)

@@ -204,6 +204,7 @@ def test_pair_accuracy_counts_the_contrast_not_the_prior():
   assert math.isnan(tasks.pair_accuracy(lone, [1.0]))
 
 
+@pytest.mark.slow
 def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
   """Right-padding is invisible: at each prompt's last position the logits
   of the padded batch (model.forward read_at, the task loss and prune's

@@ -34,6 +34,7 @@ def _batches(config, n, seed=0):
                       jnp.int32) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_exact_k_and_four_per_neuron_after_every_step_while_annealing():
   config = micro_config(30)
   setup = train.make_setup(config)
@@ -81,7 +82,8 @@ def test_golden_one_step():
 GOLDEN = (7.6265549659729, 7.286434173583984)
 
 
-@pytest.mark.parametrize("step", [0, 29])  # dense k; annealed k
+# dense k; annealed k
+@pytest.mark.parametrize("step", [pytest.param(0, marks=pytest.mark.slow), 29])
 def test_microbatches_give_the_same_update(step):
   """train.microbatches = 4 sums four microbatches' gradients inside the
   step: the same loss, metrics and parameters as one batch, up to float
