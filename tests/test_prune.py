@@ -268,6 +268,7 @@ def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():
     assert sorted(np.floor(u * 16).astype(int)) == list(range(16)), f
 
 
+@pytest.mark.slow
 def test_vectorised_sweep_equals_separate_runs_and_survives_a_nan():
   pruner, data = _pruner(steps=40), task_data()
   settings = [S.Setting(1e-3, 1e-2, 0.1, 0.1, 0),

@@ -110,6 +110,7 @@ def test_tiny_model_forward_is_the_same_with_either(compute_dtype):
                                 np.asarray(out["xla"]))
 
 
+@pytest.mark.slow
 def test_remat_topk_keeps_the_kernel_results_and_the_gradient():
   """Under model.remat=topk the backward recomputes no kernel call (each
   interpreted call is a loop: "block" recomputes the layer's calls, "topk"
