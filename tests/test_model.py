@@ -9,6 +9,10 @@ import pytest
 
 from sparse_circuits import model as M
 
+# Compiled once per call signature: eager dispatch of every op costs more than
+# compiling these small models whole.
+_forward = jax.jit(M.forward, static_argnames=("cfg", "capture", "last_only"))
+
 CFG = M.ModelConfig(n_layer=2, d_model=32, n_head=2, d_head=16, d_mlp=128,
                     block_size=16, vocab_size=64, afrac=0.25)
 
@@ -40,7 +44,7 @@ def test_causal_via_gradients(sink):
     logits, _ = M.forward(params, toks, cfg, interventions=iv)
     return jnp.sum(logits[:, t])
 
-  g = jax.grad(out_at_t)(jnp.ones((16,)))
+  g = jax.jit(jax.grad(out_at_t))(jnp.ones((16,)))
   assert np.all(np.asarray(g[t + 1:]) == 0), "future positions leak into t"
   assert np.all(np.abs(np.asarray(g[:t + 1])) > 0), "past must matter"
 
@@ -50,7 +54,7 @@ def test_abs_topk_keeps_exactly_k_at_every_site():
   sites = {"0.attn.act_in": 32, "0.attn.q": 32, "0.attn.k": 32,
            "0.attn.v": 32, "0.attn.resid_delta": 32, "1.mlp.act_in": 32,
            "1.mlp.post_act": 128, "1.mlp.resid_delta": 32}
-  _, acts = M.forward(params, _tokens(), CFG, capture=tuple(sites))
+  _, acts = _forward(params, _tokens(), CFG, capture=tuple(sites))
   for name, width in sites.items():
     nz = np.count_nonzero(np.asarray(acts[name]), axis=-1)
     assert np.all(nz == int(0.25 * width)), (name, np.unique(nz))
@@ -68,29 +72,29 @@ def test_capture_names_and_shapes():
   cfg = dataclasses.replace(CFG, n_head=3, d_head=8)  # n_head*d_head != d
   params = M.init_params(cfg, 0)
   names = cfg.site_names()
-  logits, acts = M.forward(params, _tokens(), cfg, capture=names)
+  logits, acts = _forward(params, _tokens(), cfg, capture=tuple(names))
   assert logits.shape == (2, 16, 64)
   assert set(acts) == set(names)
   assert acts["1.attn.q"].shape == (2, 16, 24)
   assert acts["1.attn.y"].shape == (2, 16, 24)
   assert acts["0.mlp.post_act"].shape == (2, 16, 128)
   with pytest.raises(ValueError, match="unknown activation site"):
-    M.forward(params, _tokens(), cfg, capture=("0.mlp.neurons",))
+    _forward(params, _tokens(), cfg, capture=("0.mlp.neurons",))
 
 
 def test_interventions_mask_one_is_identity_and_mean_ablation_is_exact():
   params = _trained_like(M.init_params(CFG, 0))
   toks = _tokens()
-  base, acts = M.forward(params, toks, CFG, capture=("0.mlp.post_act",))
+  base, acts = _forward(params, toks, CFG, capture=("0.mlp.post_act",))
   ones = {"0.mlp.post_act": {"mask": jnp.ones(128), "mean": jnp.ones(128)}}
-  same, _ = M.forward(params, toks, CFG, interventions=ones)
+  same, _ = _forward(params, toks, CFG, interventions=ones)
   np.testing.assert_array_equal(base, same)
   # Ablating neuron 5 to its mean equals editing the captured activation.
   mask = jnp.ones(128).at[5].set(0.0)
   mean = jnp.full(128, 0.7)
-  _, got = M.forward(params, toks, CFG, capture=("0.mlp.post_act",),
-                     interventions={"0.mlp.post_act": {"mask": mask,
-                                                       "mean": mean}})
+  _, got = _forward(params, toks, CFG, capture=("0.mlp.post_act",),
+                    interventions={"0.mlp.post_act": {"mask": mask,
+                                                      "mean": mean}})
   want = acts["0.mlp.post_act"].at[..., 5].set(0.7)
   np.testing.assert_allclose(got["0.mlp.post_act"], want, rtol=0, atol=0)
 
