@@ -13,6 +13,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -437,6 +438,7 @@ def test_documented_commands_run_end_to_end(model_dir, tok, tmp_path):
   commands = _doc_commands()
   assert any("--mode=import_circuit" in c for c in commands), commands
   for c in commands:
+    c = shlex.quote(sys.executable) + c[len("python"):]
     r = subprocess.run(f"{c} {' '.join(shlex.quote(f) for f in SMALL)}", shell=True,
                        cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
