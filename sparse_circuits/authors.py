@@ -239,6 +239,11 @@ def _nodes(r: _Reader, circuit_data, ch_losses, dims, interv_half):
           "ablation_delta": (ablated - interv_half
                              if interv_half is not None else None),
           "position_channel": pos})
+  top = max((n["layer"] for n in nodes if n["layer"] is not None),
+            default=-1)
+  for n in nodes:  # final_resid of a model whose depth the file omits
+    if n["layer"] is None:
+      n["layer"] = top + 1
   return nodes
 
 

@@ -415,7 +415,8 @@ def _doc_commands() -> list[str]:
 
 # Flags that make the documented commands cheap on a test model; each
 # command gets them after its own (the later flag wins).
-SMALL = ("--config.data.max_corpus_bytes=400000", "--config.tasks.n_train=16",
+SMALL = ("--config.data.max_corpus_bytes=1000000",
+         "--config.data.eval_fraction=0.05", "--config.tasks.n_train=16",
          "--config.tasks.n_test=8", "--config.train.eval_batches=1",
          "--config.prune.steps=10", "--config.prune.batch_size=8",
          "--config.prune.mean_batches=1", "--config.prune.sweep_size=2",
