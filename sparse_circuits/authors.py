@@ -30,7 +30,6 @@ InteropError naming the key.
 """
 
 import json
-import math
 import os
 import re
 from typing import Mapping, Sequence
@@ -378,13 +377,8 @@ def circuit_document(viz_data: Mapping, *, path: str, cfg=None,
 def kept_masks(doc: dict, cfg) -> dict[str, np.ndarray]:
   """{site: bool [width]} of a document's nodes that are nodes of our model
   (`final_resid` and position channels are not)."""
-  kept = {s.name: np.zeros(s.width, bool) for s in sites_lib.node_sites(cfg)}
-  for n in doc["nodes"]:
-    m = kept.get(n["site"])
-    if m is not None and n.get("position_channel") is None and (
-        0 <= n["index"] < len(m)):
-      m[n["index"]] = True
-  return kept
+  return sites_lib.node_masks(
+      doc["nodes"], {s.name: s.width for s in sites_lib.node_sites(cfg)})
 
 
 def add_weight_edges(doc: dict, params, cfg, task=None, tok=None) -> dict:
@@ -574,8 +568,6 @@ def _compare_path(ic, where: layout.Layout, task: str) -> str | None:
 
 
 def _safe(x):
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
   if isinstance(x, np.generic):
     return x.item()
   if isinstance(x, np.ndarray):
@@ -590,10 +582,11 @@ def import_circuit_run(config, workdir: str) -> str:
   With a checkpoint in WORKDIR (the imported model, --mode=import), the
   document gets the model's weight edges between its kept nodes, and the
   task samples (candidates: interop.candidates or the task's known rule)
-  are evaluated on the model. The circuit is compared node by node with
-  interop.compare, or WORKDIR's own circuit of the same task if there is
-  one. <name>: interop.circuit_name, else "authors_<task dir>". Returns the
-  path of circuit.json.
+  are evaluated on the model, and the circuit alone (everything else
+  mean-ablated to the means --mode=prune wrote, if it ran). The circuit is
+  compared node by node with interop.compare, or WORKDIR's own circuit of
+  the same task if there is one. <name>: interop.circuit_name, else
+  "authors_<task dir>". Returns the path of circuit.json.
   """
   ic = config.interop
   path = str(ic.get("viz_data", "") or "")
@@ -628,6 +621,11 @@ def import_circuit_run(config, workdir: str) -> str:
                          n_train=len(task.train), n_test=len(task.test),
                          examples=document_lib.examples(task, tok))
       doc["task_samples_eval"] = {"full_model": ev, "pad_rule": PAD_RULE}
+      means_path = where.means(run.step)
+      if os.path.isfile(means_path):  # written by --mode=prune
+        circ = runs.Circuit(doc, dict(np.load(means_path)), run)
+        doc["task_samples_eval"].update(
+            circuit=run.evaluate(task, circ.apply()), means=means_path)
       rows, drift = user_task_rows(task, tok)
       reporting.write_text(os.path.join(out_dir, "task_samples.jsonl"),
                            "".join(json.dumps(r) + "\n" for r in rows))

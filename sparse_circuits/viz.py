@@ -302,10 +302,12 @@ def _imported_section(c: dict) -> str:
   rows = [["full model", _f(losses.get("full_model")), _f(stored.get("loss"))],
           ["circuit", _f(losses.get("circuit")),
            _f(stored.get("interv_loss"))]]
-  ev = (c.get("task_samples_eval") or {}).get("full_model")
-  if ev:
-    rows.append(["full model on the task samples (this project)",
-                 _f(ev.get("loss")), "—"])
+  ts = c.get("task_samples_eval") or {}
+  for key, what in (("full_model", "full model"),
+                    ("circuit", "circuit (this project's means)")):
+    if ts.get(key):
+      rows.append([f"{what} on their task samples, evaluated here",
+                   _f(ts[key].get("loss")), "—"])
   edges = sorted(imp.get("edges") or [], key=lambda e: -abs(_num(e["delta"])))
   top = [[esc(e["source"]), esc(e["target"]), f'{_num(e["delta"]):+.4g}']
          for e in edges[:20]]

@@ -452,6 +452,13 @@ def test_documented_commands_run_end_to_end(model_dir, tok, tmp_path):
       overlap_lib.overlap(theirs, ours), allow_nan=False)) | {
           "b": theirs["overlap"]["b"]}
   assert theirs["counts"]["edges"] is not None
+  ts = theirs["task_samples_eval"]
+  assert ts["full_model"]["n"] == ts["circuit"]["n"] == len(QUOTES)
+  # Their circuit applies through the API as ours do.
+  circ = runs.load(str(work)).circuit("authors_single_double_quote")
+  kept = sum(n["site"] != "final_resid" for n in theirs["nodes"])
+  assert sum(int(m.sum()) for m in circ.keep.values()) == kept
+  assert np.isfinite(circ.evaluate()["loss"])
   assert (work / "eval_summary.json").is_file()
   page = (work / "circuits" / "authors_single_double_quote" /
           "index.html").read_text()
