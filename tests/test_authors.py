@@ -465,3 +465,17 @@ def test_documented_commands_run_end_to_end(model_dir, tok, tmp_path):
   assert "Overlap with another circuit" in page
   assert (work / "index.html").is_file()
   assert (work / "circuits" / "single_double_quote" / "graph.json").is_file()
+  # A malformed file: exit 2 and one line that names the key.
+  bad = _viz_data()
+  del bad["importances"]["pair_data"]
+  bad_path = _save(bad, tmp_path / "bad" / "viz_data.pt")
+  r = subprocess.run(
+      [sys.executable, "-m", "sparse_circuits.main",
+       "--config=configs/tiny.py", "--mode=import_circuit",
+       f"--workdir={work}", f"--config.interop.viz_data={bad_path}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "importances.pair_data" in last, (
+      r.stderr[-3000:])
+  assert "Traceback" not in r.stderr
