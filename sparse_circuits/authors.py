@@ -480,9 +480,11 @@ def task_from_samples(viz_data: Mapping, tok, *, path: str, name: str,
       last = tasks_lib.last_positions(tokens, PAD_ID)
     except ValueError as e:
       r.fail(f"{kname}[0]", str(e))
-  if max_len is not None and last.max() >= max_len:
-    r.fail(f"{kname}[0]", f"a prompt has {int(last.max()) + 1} tokens, more "
-           f"than the model's context {max_len}")
+  if max_len is not None:
+    if last.max() >= max_len:
+      r.fail(f"{kname}[0]", f"a prompt has {int(last.max()) + 1} tokens, "
+             f"more than the model's context {max_len}")
+    tokens = tokens[:, :max_len]  # what is cut is padding
   half = n // 2
   order = np.array([j for i in range(half) for j in (i, i + half)])
   texts = [tok.decode(tokens[i, :last[i] + 1]) for i in range(n)]
