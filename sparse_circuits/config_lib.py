@@ -194,6 +194,18 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # tokenizer_name written to an exported beeg_config.json; "" = the
   # imported model's, else one derived from this run's tokenizer files.
   c.interop.tokenizer_name = ""
+  # --mode=import_circuit (sparse_circuits/authors.py): the authors'
+  # viz_data.pt; the task it is for ("" = from its path), the circuit's
+  # directory name under circuits/ ("" = authors_<task dir>), the two
+  # candidates (target, alternative) of rows 0..N/2-1 of its task samples
+  # (() = the task's known rule), and a circuit to compare it with (a
+  # circuit.json or a task of this workdir; "" = this workdir's circuit of
+  # the same task, if any).
+  c.interop.viz_data = ""
+  c.interop.task_name = ""
+  c.interop.circuit_name = ""
+  c.interop.candidates = ()
+  c.interop.compare = ""
 
   # Bridges to a frozen dense run (--mode=bridge; sparse_circuits/experiments/bridge.py)
   # and steering the dense run through a circuit node (--mode=steer).

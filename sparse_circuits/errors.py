@@ -35,6 +35,10 @@ class InteropError(UserError, ValueError):
   """A file in the authors' format that we cannot convert faithfully."""
 
 
+class CircuitError(UserError, ValueError):
+  """Circuit documents that cannot be compared (of different models)."""
+
+
 class TaskFileError(UserError, ValueError):
   """A user task file (JSONL) with a bad row."""
 

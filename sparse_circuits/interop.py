@@ -119,20 +119,22 @@ STRUCTURAL_EXTRAS = {"bigram_table_rank": None, "unembed_rank": None,
 _ATTN_MASK_RE = re.compile(r"^transformer\.h\.\d+\.attn\.bias$")
 
 
-def _torch():
+def require_torch():
+  """torch, imported here because it is optional: only `.pt` files need it."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise MissingDependencyError(
-        "reading or writing the authors' final_model.pt needs PyTorch, which "
-        "is an optional dependency: pip install -e '.[interop]'") from e
+        "reading or writing the authors' .pt files (final_model.pt, "
+        "viz_data.pt) needs PyTorch, which is an optional dependency: pip "
+        "install -e '.[interop]'") from e
   return torch
 
 
 # ------------------------------------------------------------- configs
 
 
-def _normalize_beeg(beeg: Mapping[str, Any]) -> dict:
+def normalize_beeg(beeg: Mapping[str, Any]) -> dict:
   """Their defaults filled in (GPTConfig semantics), `n_mlp` -> `d_mlp`."""
   b = dict(beeg)
   if "n_mlp" in b and b.get("d_mlp") is None:
@@ -165,7 +167,7 @@ def beeg_config_to_model(beeg: Mapping[str, Any]) -> dict:
     if v != STRUCTURAL_EXTRAS[k]:
       raise InteropError(f"beeg_config field {k}={v!r} is not supported "
                          f"(only {STRUCTURAL_EXTRAS[k]!r})")
-  b = _normalize_beeg(beeg)
+  b = normalize_beeg(beeg)
 
   def refuse_unless(cond, field, why):
     if not cond:
@@ -455,7 +457,7 @@ def _adapt_their_options(sd: dict, beeg: dict, where: str) -> dict:
 
 def _unwrap(obj, where):
   """(state dict, step) from a bare state dict or a training checkpoint."""
-  torch = _torch()
+  torch = require_torch()
   step = 0
   if isinstance(obj, Mapping) and not all(
       isinstance(v, torch.Tensor) for v in obj.values()):
@@ -486,7 +488,7 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], int]:
 
   Loaded with `weights_only=True` only (no pickled code runs).
   """
-  torch = _torch()
+  torch = require_torch()
   obj = torch.load(path, map_location="cpu", weights_only=True)
   sd, step = _unwrap(obj, path)
   out = {}
@@ -501,7 +503,7 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], int]:
 
 
 def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
-  torch = _torch()
+  torch = require_torch()
   tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C"))
              for k, v in sd.items()}
   tmp = path + ".tmp"
@@ -563,7 +565,7 @@ def import_run(config, workdir: str):
   for f in (CONFIG_FILE, WEIGHTS_FILE):
     if not os.path.isfile(os.path.join(src, f)):
       raise InteropError(f"{src} has no {f}")
-  _torch()  # fail early and clearly without torch
+  require_torch()  # fail early and clearly without torch
   if checkpoints.latest_step(workdir) is not None:
     raise InteropError(f"{checkpoints.ckpt_dir(workdir)} already holds a "
                        "checkpoint; import into an empty workdir")
@@ -573,7 +575,7 @@ def import_run(config, workdir: str):
   if not isinstance(raw, dict):
     raise InteropError(f"{src}/{CONFIG_FILE} is not a JSON object")
   model_fields = beeg_config_to_model(raw)
-  beeg = _normalize_beeg(raw)
+  beeg = normalize_beeg(raw)
   unknown = sorted(set(raw) - set(GPT_DEFAULTS) - {"n_mlp"})
   if unknown:
     _log.warning("%s: ignoring keys GPTConfig does not know: %s",
@@ -663,7 +665,7 @@ def export_run(config, workdir: str) -> str:
   """
   import jax  # pylint: disable=g-import-not-at-top
   del config  # the checkpoint's config describes its parameters
-  _torch()
+  require_torch()
   run = runs.load(workdir)
   run_cfg, cfg, step = run.config, run.cfg, run.step
   sd = params_to_state_dict(jax.device_get(run.params), cfg)

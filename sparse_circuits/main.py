@@ -37,6 +37,7 @@ MODES = {
     "report": "sparse_circuits.viz:run",
     "import": "sparse_circuits.interop:import_run",
     "export": "sparse_circuits.interop:export_run",
+    "import_circuit": "sparse_circuits.authors:import_circuit_run",
     "compile_check": "sparse_circuits.compile_check:run",
     "compare": "sparse_circuits.experiments.compare:run",
 }

@@ -39,6 +39,7 @@ from sparse_circuits import errors
 from sparse_circuits import layout
 from sparse_circuits import model as model_lib
 from sparse_circuits import sharding
+from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 from sparse_circuits import tokenizer as tokenizer_lib
 from sparse_circuits.tasks import binary as tasks_lib
@@ -351,9 +352,8 @@ class Circuit:
   def __init__(self, doc: dict, means: Mapping[str, np.ndarray], run: Run):
     self.doc, self.means, self.run = doc, means, run
     self.name = doc["task"]["name"]
-    self.keep = {s: np.zeros(len(m), bool) for s, m in means.items()}
-    for n in doc["nodes"]:
-      self.keep[n["site"]][n["index"]] = True
+    self.keep = sites_lib.node_masks(
+        doc["nodes"], {s: len(m) for s, m in means.items()})
 
   @property
   def losses(self) -> dict:

@@ -135,6 +135,19 @@ def parse_node_id(node: str) -> tuple[str, int]:
   return site, int(index)
 
 
+def node_masks(nodes, widths) -> dict[str, np.ndarray]:
+  """{site: bool [width]} with the given node records ({"site", "index"})
+  set, for the sites of `widths` ({site: width}). Records of other sites or
+  past a site's width (an imported circuit's `final_resid` and position
+  channels) are left out."""
+  out = {s: np.zeros(int(w), bool) for s, w in widths.items()}
+  for n in nodes:
+    m = out.get(n["site"])
+    if m is not None and 0 <= n["index"] < len(m):
+      m[n["index"]] = True
+  return out
+
+
 class NodeIndex:
   """The nodes of a model three ways: flat (sites concatenated in forward
   order, the last axis of an array), per site ({site: [..., width]}) and

@@ -229,6 +229,9 @@ def write_circuit_page(circuit: dict, out_path: str | os.PathLike,
           "draws with JavaScript.</noscript></div>")
   if steer:
     body += _steer_section(steer)
+  if c.get("imported") or c.get("overlap"):
+    body += ('<div class="page">' + _imported_section(c)
+             + _overlap_section(c.get("overlap")) + "</div>")
   out.write_text(_page(f"{name} — circuit", body, data), encoding="utf-8")
   return str(out)
 
@@ -286,6 +289,72 @@ def _steer_section(doc: dict) -> str:
   plots = steer_svg(doc) + steer_svg(doc, "p_counterfactual")
   return ('<div class="page">' + _section(
       "Steering the dense model", f"<p>{text}</p>" + plots) + "</div>")
+
+
+def _imported_section(c: dict) -> str:
+  """What an imported circuit (authors.py) brings that ours do not: its
+  stored and halved losses, its ablation-delta edges, its prune_config."""
+  imp = c.get("imported")
+  if not imp:
+    return ""
+  esc = html.escape
+  losses, stored = c.get("losses") or {}, imp.get("stored_losses") or {}
+  rows = [["full model", _f(losses.get("full_model")), _f(stored.get("loss"))],
+          ["circuit", _f(losses.get("circuit")),
+           _f(stored.get("interv_loss"))]]
+  ts = c.get("task_samples_eval") or {}
+  for key, what in (("full_model", "full model"),
+                    ("circuit", "circuit (this project's means)")):
+    if ts.get(key):
+      rows.append([f"{what} on their task samples, evaluated here",
+                   _f(ts[key].get("loss")), "—"])
+  edges = sorted(imp.get("edges") or [], key=lambda e: -abs(_num(e["delta"])))
+  top = [[esc(e["source"]), esc(e["target"]), f'{_num(e["delta"]):+.4g}']
+         for e in edges[:20]]
+  where = " / ".join(esc(str(imp.get(k))) for k in ("model", "task_dir",
+                                                     "sweep", "k")
+                     if imp.get(k))
+  body = (f'<p>Read from <code>{esc(str(imp.get("path")))}</code>'
+          + (f" ({where})" if where else "") + ".</p>"
+          + _table(["Loss", "Per prompt (halved)", "Stored (pair sum)"], rows)
+          + f'<p class="muted">{esc(str(imp.get("loss_convention", "")))}</p>'
+          + f"<h3>Their edges: ablation deltas, not weights "
+          f"({len(edges)})</h3>"
+          + (_table(["Source", "Target", "Delta"], top) if top else
+             '<p class="muted">none</p>')
+          + "<h3>Their prune_config</h3><pre>"
+          + esc(json.dumps(_clean(c.get("prune_config")), indent=1))
+          + "</pre>")
+  return _section("Imported circuit (the authors' viz_data.pt)", body)
+
+
+def _overlap_section(ov: dict | None) -> str:
+  """Node-set overlap with another circuit of the same model
+  (circuits/overlap.py), as a table by site."""
+  if not ov:
+    return ""
+  esc = html.escape
+  a, b = ov["a"], ov["b"]
+  rows = [[esc(site), str(len(v["shared"])), str(len(v["only_a"])),
+           str(len(v["only_b"])), _f(v["jaccard"], 2)]
+          for site, v in ov["by_site"].items()]
+  rows.append(["<b>all</b>", str(ov["shared"]), str(ov["only_a"]),
+               str(ov["only_b"]), _f(ov["jaccard"], 3)])
+  names = (f'a = {esc(str(a.get("name")))} ({esc(str(a.get("source")))}, '
+           f'{a["nodes"]} nodes, {esc(str(a.get("edges")))} weight edges); '
+           f'b = {esc(str(b.get("name")))} ({esc(str(b.get("source")))}, '
+           f'{b["nodes"]} nodes, {esc(str(b.get("edges")))} weight edges; '
+           f'{esc(str(b.get("path")))})')
+  nc = ov.get("not_compared") or {}
+  skipped = (f'<p class="muted">Not compared (no such node in the other '
+             f'kind of circuit): a {len(nc.get("a", []))}, b '
+             f'{len(nc.get("b", []))}.</p>')
+  return _section(
+      "Overlap with another circuit",
+      f'<p id="overlap-jaccard">Jaccard {_f(ov["jaccard"], 3)}: '
+      f'{ov["shared"]} shared nodes of {ov["union"]}.</p><p>{names}</p>'
+      + _table(["Site", "Shared", "Only a", "Only b", "Jaccard"], rows)
+      + skipped)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

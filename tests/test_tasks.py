@@ -242,7 +242,7 @@ def test_padded_last_position_logits_equal_each_prompts_own_forward(built):
 
 def test_circuit_examples_show_the_prompt_without_padding(built, tok):
   task = built["bracket_counting"]
-  for k, ex in enumerate(circuit_lib._examples(task, tok)):  # pylint: disable=protected-access
+  for k, ex in enumerate(circuit_lib.examples(task, tok)):
     assert "".join(ex["prompt_tokens"]) == task.test.texts[2 * k]
     assert ex["target"] == tok.token_str(task.test.target[2 * k])
 

@@ -15,10 +15,13 @@ import pathlib
 import re
 import shutil
 
+import numpy as np
 import pytest
 
+from sparse_circuits import authors
 from sparse_circuits import errors
 from sparse_circuits import viz
+from sparse_circuits.circuits import overlap as overlap_lib
 
 try:
   from selenium import webdriver
@@ -202,6 +205,27 @@ def page(driver, tmp_path, circuit, metrics):
   assert not errors, errors
 
 
+def _imported_circuit() -> dict:
+  """The authors' circuit of a 1-layer model, read from a viz_data dict
+  (numpy, as load_viz_data returns it), compared with one node of ours."""
+  shape = {"n_layer": 1, "d_model": 32, "n_head": 2, "d_head": 16,
+           "d_mlp": 128}
+  viz_data = {
+      "circuit_data": {"0.attn.q": np.array([1, 17]),
+                       "0.mlp.post_act": np.array([3]),
+                       "final_resid": np.array([2])},
+      "importances": {"beeg_model_config": shape, "loss": 0.1,
+                      "interv_loss": 0.3, "pair_data": [],
+                      "ch_interv_losses": {"0.attn.q": [0.4, 0.5],
+                                           "0.mlp.post_act": [0.6],
+                                           "final_resid": [0.7]}}}
+  doc = authors.circuit_document(viz_data, path="viz_data.pt")
+  ours = {"model": {"config": shape}, "task": {"name": "ours"},
+          "nodes": [{"site": "0.attn.q", "index": 1}], "counts": {}}
+  doc["overlap"] = overlap_lib.overlap(doc, ours)
+  return doc
+
+
 _VISIBLE_EDGES = """return [...document.querySelectorAll('.edge')]
     .filter(e => getComputedStyle(e).display !== 'none')
     .map(e => [e.dataset.source, e.dataset.target]);"""
@@ -233,6 +257,30 @@ def test_browser_draws_every_node_and_edge(page, circuit):
   series = lambda chart: page.find_elements("css selector", f"{chart} .series")
   assert len(series("#chart-loss-vs-k")) == 1
   assert len(series("#chart-loss")) == 2  # loss and eval_loss
+
+
+@pytest.mark.slow
+def test_browser_draws_an_imported_circuit_and_its_overlap(driver, tmp_path):
+  doc = _imported_circuit()
+  path = viz.write_circuit_page(doc, tmp_path / "imported")
+  driver.get(pathlib.Path(path).as_uri())
+  assert driver.execute_script("return document.body.dataset.ready") == "1"
+  ids = driver.execute_script("return [...document.querySelectorAll('.node')]"
+                              ".map(n => n.dataset.nodeId)")
+  assert sorted(ids) == sorted(n["id"] for n in doc["nodes"])
+  text = driver.find_element("tag name", "body").text
+  assert "Overlap with another circuit" in text and "Imported circuit" in text
+  assert driver.find_element("id", "overlap-jaccard").text.startswith(
+      "Jaccard 0.333")
+  errors_ = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+  assert not errors_, errors_
+
+
+def test_imported_circuit_page_without_a_browser(tmp_path):
+  html = pathlib.Path(viz.write_circuit_page(
+      _imported_circuit(), tmp_path / "imported")).read_text()
+  assert "Jaccard 0.333: 1 shared nodes of 3." in html
+  assert "0.0500" in html and "0.1000" in html  # halved, stored loss
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ def annotate(node_recs, params, cfg, task, tok, heldout, evaluator, keep,
                              if n_i < max_ablations else None)
 
 
-def _examples(task, tok, n=3):
+def examples(task, tok, n=3):
   data = task.test
   out = []
   for a in range(0, min(2 * n, len(data.target)) - 1, 2):
@@ -247,7 +247,7 @@ def document(params, cfg, task, res, means, control, tok, heldout,
                "target_loss": res.losses["target"],
                "n_train": int(len(task.train.target)),
                "n_test": int(len(task.test.target)),
-               "examples": _examples(task, tok)},
+               "examples": examples(task, tok)},
       "model": model_info,
       "prune_config": prune_config,
       "selected_setting": res.setting,

@@ -127,6 +127,50 @@ def _task_data(tok, task: str, prompts: list[str], targets: list[str],
                   last=np.array([len(p) - 1 for p in encoded], np.int32))
 
 
+def last_positions(tokens_NxT: np.ndarray, pad_id: int | None) -> np.ndarray:
+  """int32 [N]: each row's last position that is not `pad_id` (right
+  padding); with pad_id None every row is full. A row of nothing but
+  padding raises ValueError naming it."""
+  tokens_NxT = np.asarray(tokens_NxT)
+  n, t = tokens_NxT.shape
+  if pad_id is None:
+    return np.full(n, t - 1, np.int32)
+  real = tokens_NxT != pad_id
+  empty = np.nonzero(~real.any(1))[0]
+  if len(empty):
+    raise ValueError(f"rows {empty.tolist()[:5]} hold only padding "
+                     f"(token {pad_id})")
+  return (t - 1 - np.argmax(real[:, ::-1], axis=1)).astype(np.int32)
+
+
+def from_token_rows(tok, task: str, tokens_NxT: np.ndarray, last: np.ndarray,
+                    targets: list[str], alternatives: list[str],
+                    pair: np.ndarray, texts: list[str] | None = None,
+                    where=None) -> TaskData:
+  """TaskData from prompts that are token rows already (e.g. the authors'
+  task samples): row i is read at last[i]; what follows is set to the
+  end-of-text id (never read: attention is causal). Candidates are strings,
+  compared as in every task (their first token; CandidateError if that
+  cannot tell a row's two apart)."""
+  tokens = np.array(tokens_NxT, np.int32)
+  last = np.asarray(last, np.int32)
+  if tokens.ndim != 2 or last.shape != (len(tokens),):
+    raise ValueError(f"task {task!r}: want tokens [N, T] and last [N], got "
+                     f"{tokens.shape} and {last.shape}")
+  if np.any(last < 0) or np.any(last >= tokens.shape[1]):
+    raise ValueError(f"task {task!r}: last positions outside 0..T-1")
+  tokens[np.arange(tokens.shape[1])[None, :] > last[:, None]] = tok.eot_id
+  ids = _candidate_ids(tok, task, targets, alternatives, where)
+  return TaskData(tokens=tokens,
+                  target=np.array([ids[s] for s in targets], np.int32),
+                  alternative=np.array([ids[s] for s in alternatives],
+                                       np.int32),
+                  pair=np.asarray(pair, np.int32).reshape(-1),
+                  texts=list(texts) if texts is not None else
+                  [tok.decode(r[:l + 1]) for r, l in zip(tokens, last)],
+                  last=last)
+
+
 def _pairs_data(tok, gen: task_suite.Generator, pairs, max_len) -> TaskData:
   prompts, targets, alternatives = [], [], []
   for a, b in pairs:
