@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from sparse_circuits.experiments import compare
+from sparse_circuits.experiments import decomposition
+from sparse_circuits.experiments import frontier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,32 +29,32 @@ def compare_config(arg):
 
 
 def test_geomean_counts_zero_as_one():
-  assert compare.geomean([1, 100]) == pytest.approx(10)
-  assert compare.geomean([0, 100]) == pytest.approx(10)
-  assert compare.geomean([4, 4, 4]) == pytest.approx(4)
+  assert frontier.geomean([1, 100]) == pytest.approx(10)
+  assert frontier.geomean([0, 100]) == pytest.approx(10)
+  assert frontier.geomean([4, 4, 4]) == pytest.approx(4)
 
 
 def test_interpolation_is_linear_in_log_and_flags_extrapolation():
   # Unsorted on purpose: the points are ordered by x inside.
   xs, ys = [3.0, 1.0, 2.0], [1000.0, 10.0, 100.0]
-  y, extra, used = compare.interpolate_log(xs, ys, 1.5)
+  y, extra, used = frontier.interpolate_log(xs, ys, 1.5)
   assert y == pytest.approx(math.sqrt(10 * 100)) and not extra
   assert sorted(used) == [1, 2]
-  y, extra, used = compare.interpolate_log(xs, ys, 2.0)
+  y, extra, used = frontier.interpolate_log(xs, ys, 2.0)
   assert y == pytest.approx(100) and not extra
-  y, extra, used = compare.interpolate_log(xs, ys, 3.5)  # beyond: last two
+  y, extra, used = frontier.interpolate_log(xs, ys, 3.5)  # beyond: last two
   assert y == pytest.approx(10 ** 3.5) and extra and sorted(used) == [0, 2]
-  y, extra, _ = compare.interpolate_log(xs, ys, 0.0)
+  y, extra, _ = frontier.interpolate_log(xs, ys, 0.0)
   assert y == pytest.approx(1.0) and extra
   with pytest.raises(ValueError, match="two points"):
-    compare.interpolate_log([1.0], [2.0], 1.0)
+    frontier.interpolate_log([1.0], [2.0], 1.0)
 
 
 def test_matched_ratio_and_headline():
   # Dense frontier: 1000 edges at loss 2, 10 at loss 3 (so 100 at 2.5).
   losses = [2.0, 3.0, 2.5, 3.5]
   fams = ["dense", "dense", "sparse", "sparse"]
-  rows, head = compare.matched_ratios(losses, fams, [1000, 10, 10, 2])
+  rows, head = frontier.matched_ratios(losses, fams, [1000, 10, 10, 2])
   assert [r["model"] for r in rows] == [2, 3]
   assert rows[0]["ratio"] == pytest.approx(10)
   assert not rows[0]["extrapolated"] and rows[1]["extrapolated"]
@@ -60,27 +62,27 @@ def test_matched_ratio_and_headline():
   assert rows[1]["ratio"] == pytest.approx(0.5)  # a ratio below 1 stays
   # The headline uses the interpolated sparse models only.
   assert head["ratio"] == pytest.approx(10) and not head["extrapolated"]
-  _, head = compare.matched_ratios(losses[:2] + [3.5], fams[:3], [1000, 10, 2])
+  _, head = frontier.matched_ratios(losses[:2] + [3.5], fams[:3], [1000, 10, 2])
   assert head["ratio"] == pytest.approx(0.5) and head["extrapolated"]
 
 
 def test_bootstrap_over_tasks():
   same = np.full((2, 5), 7.0)
-  lo, hi = compare.bootstrap(same, lambda s: [compare.geomean(r) for r in s],
+  lo, hi = frontier.bootstrap(same, lambda s: [frontier.geomean(r) for r in s],
                              100, seed=0)
   np.testing.assert_allclose(lo, 7.0)
   np.testing.assert_allclose(hi, 7.0)
   v = np.array([[1.0, 10.0, 100.0, 1000.0]])
-  stat = lambda s: [compare.geomean(s[0])]  # pylint: disable=unnecessary-lambda-assignment
-  lo, hi = compare.bootstrap(v, stat, 400, seed=3)
-  assert 1.0 <= lo[0] < compare.geomean(v[0]) < hi[0] <= 1000.0
-  lo2, hi2 = compare.bootstrap(v, stat, 400, seed=3)
+  stat = lambda s: [frontier.geomean(s[0])]  # pylint: disable=unnecessary-lambda-assignment
+  lo, hi = frontier.bootstrap(v, stat, 400, seed=3)
+  assert 1.0 <= lo[0] < frontier.geomean(v[0]) < hi[0] <= 1000.0
+  lo2, hi2 = frontier.bootstrap(v, stat, 400, seed=3)
   assert (lo, hi) == (lo2, hi2)  # seeded
   # Tasks are resampled jointly: a model that is always 10x another keeps
   # an exact ratio of 10 in every resample.
   pair = np.array([[1.0, 5.0, 50.0], [10.0, 50.0, 500.0]])
-  lo, hi = compare.bootstrap(
-      pair, lambda s: [compare.geomean(s[1]) / compare.geomean(s[0])], 200, 0)
+  lo, hi = frontier.bootstrap(
+      pair, lambda s: [frontier.geomean(s[1]) / frontier.geomean(s[0])], 200, 0)
   np.testing.assert_allclose([lo[0], hi[0]], 10.0)
 
 
@@ -148,7 +150,8 @@ def test_summary_drops_a_task_whose_target_is_missed():
       t: {"accuracy": 0.9, "loss": 0.2} for t in tasks}} for n in losses}
   circuits = {n: {t: {"schema_version": 2, "target_reached": not (
       n == "dense_64" and t == "c"), "counts": {"edges": edges[n][i],
-                                                "nodes": 2 * edges[n][i]},
+                                                "nodes": 2 * edges[n][i],
+                                                "pairs": 4 * edges[n][i]},
                        "losses": {"circuit": 0.2, "full_model": 0.2}}
                   for i, t in enumerate(tasks)} for n in losses}
   status = {t: {"status": "compared"} for t in tasks}
@@ -167,6 +170,69 @@ def test_summary_drops_a_task_whose_target_is_missed():
   np.testing.assert_allclose(m["ratio_ci"], [10, 10])  # same on every task
   assert s["headline"]["ratio"] == pytest.approx(10)
   assert "10.00x" in compare.format_table(s)
+  # The decomposition's edge ratio is the headline's.
+  d = s["decomposition"]["models"]["sparse_128_keep4"]["geomean"]
+  assert d["edges"]["ratio"] == pytest.approx(10)
+  assert d["nodes"]["ratio"] == pytest.approx(10)
+  assert d["density"]["ratio"] == pytest.approx(1)
+
+
+def _circuit(nodes, by_kind, pairs):
+  """A hand-built circuit.json's counts."""
+  return {"schema_version": 2, "counts": {
+      "nodes": nodes, "edges": sum(by_kind.values()),
+      "edges_by_kind": by_kind, "pairs": pairs}}
+
+
+def test_decomposition_takes_the_ratio_apart():
+  """Hand-built circuits with known nodes, pairs and edges. Dense models
+  at losses 2 and 3, the sparse one at 2.5 (halfway: geometric means of the
+  two dense values); two tasks."""
+  circuits = {
+      # 100 nodes, 5000 pairs, 1000 edges (800 hidden, 200 io)
+      "d2": [_circuit(100, {"weight": 800, "embedding": 150,
+                            "unembedding": 50}, 5000)] * 2,
+      # 16 nodes, 400 pairs, 100 edges (90 hidden, 10 io)
+      "d3": [_circuit(16, {"weight": 90, "unembedding": 10}, 400)] * 2,
+      # task a: 10 nodes, 50 pairs, 10 edges; task b: 40 nodes, 200 pairs,
+      # 10 edges (0 io edges: counted as 1)
+      "s": [_circuit(10, {"weight": 8, "embedding": 2}, 50),
+            _circuit(40, {"weight": 10}, 200)]}
+  q = decomposition.quantities(circuits["s"][0])
+  assert q == {"nodes": 10, "pairs_per_node": 5, "density": 0.2,
+               "edges": 10, "edges_per_node": 1, "hidden_edges": 8,
+               "io_edges": 2}
+  assert decomposition.quantities(circuits["s"][1])["io_edges"] == 1
+  names, fams, losses = ["d2", "d3", "s"], ["dense", "dense", "sparse"], [
+      2.0, 3.0, 2.5]
+  per_task = {n: {t: decomposition.quantities(c[i])
+                  for i, t in enumerate("ab")} for n, c in circuits.items()}
+  dec = decomposition.decompose(names, fams, losses, per_task, ["a", "b"],
+                                ["s"])
+  row = dec["models"]["s"]
+  a = row["tasks"]["a"]
+  assert a["nodes"]["dense_at_loss"] == pytest.approx(40)  # sqrt(100 * 16)
+  assert a["nodes"]["ratio"] == pytest.approx(4)
+  assert a["edges"]["dense_at_loss"] == pytest.approx(math.sqrt(1e5))
+  assert a["edges"]["ratio"] == pytest.approx(math.sqrt(1e5) / 10)
+  # pairs per node: dense 50 and 25 -> sqrt(1250); sparse 5
+  assert a["pairs_per_node"]["ratio"] == pytest.approx(math.sqrt(1250) / 5)
+  # density: dense 0.2 and 0.25 -> sqrt(0.05); sparse 0.2
+  assert a["density"]["ratio"] == pytest.approx(math.sqrt(0.05) / 0.2)
+  assert a["hidden_edges"]["ratio"] == pytest.approx(math.sqrt(800 * 90) / 8)
+  assert a["io_edges"]["ratio"] == pytest.approx(math.sqrt(200 * 10) / 2)
+  # Geometric means over the two tasks: sparse nodes sqrt(10 * 40) = 20.
+  g = row["geomean"]
+  assert g["nodes"]["sparse"] == pytest.approx(20)
+  assert g["nodes"]["ratio"] == pytest.approx(2)
+  assert g["edges"]["ratio"] == pytest.approx(math.sqrt(1e5) / 10)
+  for block in (a, row["tasks"]["b"], g):  # the product is exact
+    assert block["edges"]["ratio"] == pytest.approx(
+        block["nodes"]["ratio"] * block["pairs_per_node"]["ratio"]
+        * block["density"]["ratio"])
+    assert block["edges_per_node"]["ratio"] == pytest.approx(
+        block["pairs_per_node"]["ratio"] * block["density"]["ratio"])
+  assert dec["headline"]["edges"] == pytest.approx(g["edges"]["ratio"])
 
 
 def test_config_errors_name_the_field():
@@ -313,7 +379,7 @@ def test_smoke_summary_and_page(smoke, tiny_data):
       assert os.path.exists(os.path.join(workdir, "compare",
                                          m["tasks"][t]["viewer"]))
       edges.append(compare.weight_edges(doc))
-    assert m["geomean_edges"] == pytest.approx(compare.geomean(edges))
+    assert m["geomean_edges"] == pytest.approx(frontier.geomean(edges))
     # L0: a sparse model holds exactly its final k per matrix.
     if m["family"] == "sparse":
       mc = compare.model_config(config, config.compare.models[name])

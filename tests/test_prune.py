@@ -263,6 +263,23 @@ def test_zero_ablation_replaces_a_node_by_zero():
       "mean"], means[site])
 
 
+def test_connectable_pairs_count_kept_node_pairs_zero_weights_included():
+  """The hand-built circuit plus one neuron without weights: 4 nodes,
+  6 nonzero edges among 8 connectable pairs."""
+  kept = {s.name: np.zeros(s.width, bool) for s in sites_lib.node_sites(CFG)}
+  kept["0.mlp.act_in"][0] = kept["0.mlp.resid_delta"][1] = True
+  kept["0.mlp.post_act"][[0, 1]] = True
+  io = {"embed": [A, B], "logit": [T1, T2]}
+  params = hand_built_params()
+  pairs = circuit_lib.connectable_pairs(params, CFG, kept, io)
+  # act_in:0 -> post_act:0,1; post_act:0,1 -> resid_delta:1; 2 tokens ->
+  # act_in:0; resid_delta:1 -> 2 logits.
+  assert pairs == {"pairs": 8, "pairs_by_kind": {
+      "weight": 4, "embedding": 2, "unembedding": 2}}
+  counts = circuit_lib.edge_counts(circuit_lib.edges(params, CFG, kept, io))
+  assert counts["edges"] == 6 and counts["edges_by_kind"]["weight"] == 2
+
+
 def test_node_sets_evaluated_together_equal_each_alone():
   """7 node sets go as calls of 4, 2 and 1, never padded (a lone set padded
   to 4 was 4x its work); every row equals that set evaluated alone."""

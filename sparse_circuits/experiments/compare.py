@@ -70,6 +70,8 @@ from sparse_circuits import train
 from sparse_circuits import viz
 from sparse_circuits.circuits import prune
 from sparse_circuits.experiments import compare_page
+from sparse_circuits.experiments import decomposition
+from sparse_circuits.experiments import frontier
 from sparse_circuits.tasks import suite as task_suite
 
 _log = reporting.get(__name__)
@@ -293,68 +295,6 @@ def weight_edges(circuit: dict) -> int:
   return sum(e.get("kind") != "residual" for e in circuit.get("edges", []))
 
 
-def geomean(x, floor: float = 1.0) -> float:
-  """Geometric mean of counts (a count of 0 counts as `floor`, 1)."""
-  x = np.maximum(np.asarray(x, np.float64), floor)
-  return float(np.exp(np.mean(np.log(x))))
-
-
-def interpolate_log(xs, ys, x) -> tuple[float, bool, tuple[int, int]]:
-  """y at x with log(y) linear in x between the two nearest points around x
-  (or, outside their range, through the two nearest points: extrapolated).
-  Returns (y, extrapolated, (i, j) the indices of the two points used)."""
-  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-  if len(xs) < 2:
-    raise ValueError("interpolation needs at least two points")
-  order = np.argsort(xs, kind="stable")
-  sx, ly = xs[order], np.log(np.maximum(ys[order], 1e-300))
-  extrapolated = bool(x < sx[0] or x > sx[-1])
-  i = int(np.clip(np.searchsorted(sx, x, side="right") - 1, 0, len(sx) - 2))
-  j = i + 1
-  if sx[j] == sx[i]:
-    y = 0.5 * (ly[i] + ly[j])
-  else:
-    y = ly[i] + (x - sx[i]) / (sx[j] - sx[i]) * (ly[j] - ly[i])
-  return float(np.exp(y)), extrapolated, (int(order[i]), int(order[j]))
-
-
-def matched_ratios(losses, families, gm_edges) -> tuple[list[dict], dict]:
-  """Dense/sparse ratio of geometric-mean edges at each sparse model's loss,
-  and the headline (see the module docstring)."""
-  dense = [i for i, f in enumerate(families) if f == "dense"]
-  dl = [losses[i] for i in dense]
-  de = [gm_edges[i] for i in dense]
-  rows = []
-  for i, f in enumerate(families):
-    if f != "sparse":
-      continue
-    at, extra, (a, b) = interpolate_log(dl, de, losses[i])
-    rows.append({"model": i, "dense_edges_at_loss": at,
-                 "ratio": at / max(gm_edges[i], 1.0), "extrapolated": extra,
-                 "dense_models": [dense[a], dense[b]]})
-  inside = [r for r in rows if not r["extrapolated"]]
-  use = inside or rows
-  head = {"ratio": (geomean([r["ratio"] for r in use], floor=1e-300)
-                    if use else math.nan),
-          "extrapolated": not inside, "sparse_models": [r["model"]
-                                                        for r in use]}
-  return rows, head
-
-
-def bootstrap(values_MxT, statistic, n: int, seed: int,
-              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-  """Percentile interval of `statistic(values[:, idx])` over n resamples of
-  the tasks (columns) with replacement, the same resample for every model.
-  Returns (lo, hi), each shaped like the statistic."""
-  values = np.asarray(values_MxT, np.float64)
-  rng = np.random.default_rng(seed)
-  t = values.shape[1]
-  stats = np.asarray([statistic(values[:, rng.integers(0, t, t)])
-                      for _ in range(n)])
-  q = (1 - level) / 2
-  return np.quantile(stats, q, axis=0), np.quantile(stats, 1 - q, axis=0)
-
-
 # ------------------------------------------------------------------- run
 
 
@@ -461,21 +401,22 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
   for what in ("edges", "nodes"):
     v = np.asarray([[out_models[n]["tasks"][t][what] for t in compared]
                     for n in names], np.float64)
-    lo, hi = bootstrap(v, lambda s: [geomean(r) for r in s], cc.bootstrap,
-                       cc.seed)
+    lo, hi = frontier.bootstrap(v, lambda s: [frontier.geomean(r) for r in s],
+                                cc.bootstrap, cc.seed)
     for k, n in enumerate(names):
-      out_models[n][f"geomean_{what}"] = geomean(v[k])
+      out_models[n][f"geomean_{what}"] = frontier.geomean(v[k])
       out_models[n][f"geomean_{what}_ci"] = [float(lo[k]), float(hi[k])]
     if what == "edges":
       edges = v
   gm = [out_models[n]["geomean_edges"] for n in names]
-  rows, head = matched_ratios(losses, fams, gm)
+  rows, head = frontier.matched_ratios(losses, fams, gm)
 
   def stat(s):
-    r, h = matched_ratios(losses, fams, [geomean(x) for x in s])
+    r, h = frontier.matched_ratios(losses, fams,
+                                   [frontier.geomean(x) for x in s])
     return [x["ratio"] for x in r] + [h["ratio"]]
 
-  lo, hi = bootstrap(edges, stat, cc.bootstrap, cc.seed)
+  lo, hi = frontier.bootstrap(edges, stat, cc.bootstrap, cc.seed)
   summary["matched"] = [
       {"sparse": names[r["model"]], "lm_loss": losses[r["model"]],
        "sparse_edges": gm[r["model"]],
@@ -488,6 +429,11 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
       "ratio": head["ratio"], "ratio_ci": [float(lo[-1]), float(hi[-1])],
       "extrapolated": head["extrapolated"], "n_tasks": len(compared),
       "sparse_models": [names[i] for i in head["sparse_models"]]}
+  per_task = {n: {t: decomposition.quantities(circuits[n][t])
+                  for t in compared} for n in names}
+  summary["decomposition"] = decomposition.decompose(
+      names, fams, losses, per_task, compared,
+      summary["headline"]["sparse_models"])
   return summary
 
 
@@ -521,6 +467,11 @@ def format_table(summary: dict) -> str:
                 f"loss {h['ratio']:.2f}x [{h['ratio_ci'][0]:.2f}, "
                 f"{h['ratio_ci'][1]:.2f}] over {h['n_tasks']} tasks"
                 + (" (extrapolated)" if h["extrapolated"] else ""))
+    d = summary.get("decomposition", {}).get("headline")
+    if d:
+      rows.append("  taken apart (dense/sparse at matched loss): "
+                  + ", ".join(f"{q} {d[q]:.2f}x" for q in
+                              decomposition.QUANTITIES))
   else:
     rows.append("no task is learned by every model: no circuits compared")
   for t, s in summary["tasks"].items():

@@ -119,6 +119,38 @@ def _ci(v) -> str:
   return f"[{v[0]:.1f}, {v[1]:.1f}]" if v else ""
 
 
+_QUANTITY_LABELS = {
+    "nodes": "nodes", "pairs_per_node": "connectable pairs per node",
+    "density": "effective density (edges ÷ pairs)",
+    "edges": "weight edges (= the three above)",
+    "edges_per_node": "edges per node", "hidden_edges": "hidden edges",
+    "io_edges": "embedding + unembedding edges"}
+
+
+def decomposition_section(dec: dict) -> str:
+  """The ratio taken apart (decomposition.py): per sparse model, each
+  quantity's geometric mean, the dense frontier's at its loss and the
+  ratio, then the ratio per task."""
+  esc = html.escape
+  out = ["<h2>The ratio taken apart</h2>"]
+  for name, row in dec["models"].items():
+    tasks = list(row["tasks"])
+    out.append(f"<p><b>{esc(name)}</b> (LM loss {row['lm_loss']:.4f})</p>"
+               + _table(
+                   ["quantity", "sparse (gm)", "dense at loss", "ratio"]
+                   + [esc(t) for t in tasks],
+                   [[_QUANTITY_LABELS[q], f"{row['geomean'][q]['sparse']:.3g}",
+                     f"{row['geomean'][q]['dense_at_loss']:.3g}",
+                     f"{row['geomean'][q]['ratio']:.2f}×"]
+                    + [f"{row['tasks'][t][q]['ratio']:.2f}×" for t in tasks]
+                    for q in dec["quantities"]]))
+  out.append('<p class="muted">Edges = nodes × connectable pairs per node × '
+             "effective density, so the edge ratio is the product of the "
+             "first three ratios. Pairs: kept nodes (and the task's tokens) "
+             "a weight could join. Hidden: edges inside blocks.</p>")
+  return "".join(out)
+
+
 def page(summary: dict) -> str:
   esc = html.escape
   h = summary.get("headline")
@@ -146,6 +178,8 @@ def page(summary: dict) -> str:
           + (' <span class="warn">extrapolated</span>'
              if r["extrapolated"] else "")]
          for r in summary.get("matched", [])]))
+  if summary.get("decomposition"):
+    parts.append(decomposition_section(summary["decomposition"]))
   models = sorted(summary["models"].items(),
                   key=lambda kv: (kv[1]["family"], kv[1]["lm_loss"]))
   parts.append("<h2>Models</h2>" + _table(
