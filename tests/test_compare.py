@@ -98,7 +98,7 @@ def _fake(ms_losses, task_acc_loss):
   """Models and evals for the selection rules."""
   ms = [compare.Model(n, f, None, "") for n, f in ms_losses]
   evals = {n: {"lm_loss": 3.0, "tasks": {
-      t: {"accuracy": a[i], "loss": l[i]}
+      t: {"accuracy": a[i], "pair_accuracy": a[i], "loss": l[i]}
       for t, (a, l) in task_acc_loss.items()}}
            for i, (n, _) in enumerate(ms_losses)}
   return ms, evals
@@ -129,6 +129,14 @@ def test_task_selection_and_target_rules():
   cc.max_tasks = 1
   chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
   assert chosen == ["a"] and "max_tasks" in status["c"]["reason"]
+  # Held-out pairs decide (the README's measure), unless told otherwise.
+  assert cc.select_by == "pair_accuracy"
+  evals["d1"]["tasks"]["a"]["pair_accuracy"] = 0.5
+  chosen, status = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["c"] and "pair_accuracy below" in status["a"]["reason"]
+  cc.select_by = "accuracy"
+  chosen, _ = compare._select_tasks(ms, evals, cc)  # pylint: disable=protected-access
+  assert chosen == ["a"]
   # A task the bigram table alone solves has no circuit worth comparing.
   ms, evals = _fake(names, {"else_elif": ([0.99] * 3, [0.05] * 3),
                             "var_if": ([0.99] * 3, [0.05] * 3)})
@@ -137,7 +145,7 @@ def test_task_selection_and_target_rules():
 
 
 def test_summary_drops_a_task_whose_target_is_missed():
-  config = compare_config("default")
+  config = compare_config("old")
   specs = config.compare.models
   ms = [compare.Model(n, specs[n].family,
                       compare.model_config(config, specs[n]), "")
@@ -252,6 +260,61 @@ def test_config_errors_name_the_field():
   c.compare.target_rule = "median"
   with pytest.raises(ValueError, match="target_rule"):
     compare.models(c, "/tmp/x")
+  for field, value in (("ablations", ("mean", "resample")),
+                       ("ablations", ()), ("select_by", "loss"),
+                       ("lr_multipliers", (1.0, 0.0))):
+    c = compare_config("smoke")
+    c.compare[field] = value
+    with pytest.raises(ValueError, match=f"compare.{field}"):
+      compare.models(c, "/tmp/x")
+
+
+def _plan(c):
+  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  cfg = model_lib.ModelConfig.from_config(c.model)
+  s = c.sparsity
+  sched = sparsity.Schedule(1, s.pfrac if s.enabled else s.expansion_factor
+                            ** 2, s.expansion_factor)
+  return sparsity.make_plan(model_lib.abstract_params(cfg), sched)
+
+
+def hidden_nonzeros(c):
+  return sum(m.k_final for m in _plan(c).matrices
+             if m.kind == "hidden" and "wpe" not in m.path)
+
+
+def test_default_family_is_the_papers_regime_and_validates():
+  """Sparse models wider at about the same hidden nonzeros (hidden L0 1/4,
+  1/16, 1/36, embeddings by the pfrac rule), min_per_neuron with headroom,
+  dense 16..128; the LR rule, both ablations, held-out pairs, 4 tasks."""
+  config = compare_config("default")
+  ms = {m.name: m for m in compare.models(config, "/tmp/x")}
+  assert sorted(n for n in ms if n.startswith("dense")) == [
+      "dense_128", "dense_16", "dense_32", "dense_64"]
+  want = {"sparse_128_l4": (128, 4), "sparse_256_l16": (256, 16),
+          "sparse_384_l36": (384, 36)}
+  nz = []
+  for name, (d, inv_l0) in want.items():
+    c = ms[name].config
+    assert c.model.d_model == d
+    ef = c.sparsity.expansion_factor
+    assert c.sparsity.pfrac / ef ** 2 == pytest.approx(1 / inv_l0)
+    nz.append(hidden_nonzeros(c))
+    for m in _plan(c).matrices:
+      if m.protect_axis is not None:  # >= 2.5x min_per_neuron per neuron
+        n_vec = m.shape[1 - m.protect_axis]
+        assert m.k_final >= 2.5 * c.sparsity.min_per_neuron * n_vec, (
+            name, m.path)
+  assert max(nz) / min(nz) < 1.1  # about the same nonzeros
+  cc = config.compare
+  assert cc.max_tasks == 4 and cc.select_by == "pair_accuracy"
+  assert tuple(cc.ablations) == ("mean", "zero")
+  assert tuple(cc.lr_multipliers) == (0.5, 1.0, 2.0) and cc.lr_steps == 100
+  old = compare_config("old")  # the family measured first, still there
+  assert set(old.compare.models) == {"sparse_128_keep4", "sparse_128_keep8",
+                                     "dense_32", "dense_64", "dense_128"}
+  compare.models(old, "/tmp/x")
 
 
 def test_h200_variant_is_the_papers_regime_and_validates():
@@ -259,20 +322,8 @@ def test_h200_variant_is_the_papers_regime_and_validates():
   and the family is accepted; the sparse models are wider than dense_64 at
   about its hidden nonzeros, hidden L0 reaches 1/64, tens of millions of
   tokens per model."""
-  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
-  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
   config = compare_config("h200")
   ms = {m.name: m for m in compare.models(config, "/tmp/x")}
-
-  def hidden_nonzeros(c):
-    cfg = model_lib.ModelConfig.from_config(c.model)
-    s = c.sparsity
-    sched = sparsity.Schedule(1, s.pfrac if s.enabled else s.expansion_factor
-                              ** 2, s.expansion_factor)
-    plan = sparsity.make_plan(model_lib.abstract_params(cfg), sched)
-    return sum(m.k_final for m in plan.matrices
-               if m.kind == "hidden" and "wpe" not in m.path)
-
   dense = hidden_nonzeros(ms["dense_64"].config)
   l0s = []
   for name in ("sparse_256_l16", "sparse_512_l64"):
@@ -310,7 +361,8 @@ def smoke(tmp_path_factory, tiny_data):
     def fn(c, wd):
       if kill_after is not None and len(calls[kind]) == kill_after:
         raise _Killed("killed")
-      calls[kind].append((os.path.basename(wd), tuple(c.prune.tasks)))
+      calls[kind].append((os.path.relpath(wd, workdir),
+                          tuple(c.prune.tasks)))
       return real[kind](c, wd)
     return fn
 
@@ -336,18 +388,28 @@ def smoke(tmp_path_factory, tiny_data):
 @pytest.mark.slow
 def test_killed_compare_resumes_without_redoing_stages(smoke):
   config, workdir, _, first, again, mtimes = smoke
-  n_models, n_tasks = len(config.compare.models), len(config.tasks.names)
-  assert len(first["train"]) == len(first["eval"]) == n_models
+  cc = config.compare
+  n_models, n_tasks = len(cc.models), len(config.tasks.names)
+  n_lr, n_ab = len(cc.lr_multipliers), len(cc.ablations)
+  assert n_lr == n_ab == 2  # the smoke compare exercises both
+  # Each model: its LR trials (WORKDIR/lr/<model>/x<m>), then its run.
+  assert len(first["train"]) == n_models * (1 + n_lr)
+  assert sum(w.startswith("lr" + os.sep) for w, _ in first["train"]) == (
+      n_models * n_lr)
+  assert len(first["eval"]) == n_models
   assert len(first["prune"]) == 2
-  # Started again: no model trained or evaluated again, only the missing
-  # circuits pruned, and the finished ones untouched on disk.
+  # Started again: no model trained (LR trials included) or evaluated
+  # again, only the missing circuits pruned (both ablations), and the
+  # finished ones untouched on disk.
   assert again["train"] == [] and again["eval"] == []
-  assert len(again["prune"]) == n_models * n_tasks - 2
+  assert len(again["prune"]) == n_models * n_tasks * n_ab - 2
   assert not set(again["prune"]) & set(first["prune"])
   for p, t in mtimes.items():
     assert os.stat(p).st_mtime_ns == t, p
   stages = json.load(open(os.path.join(workdir, "compare", "stages.json")))
-  assert sum(k.startswith("prune/") for k in stages) == n_models * n_tasks
+  assert sum(k.startswith("prune/") for k in stages) == (
+      n_models * n_tasks * n_ab)
+  assert sum(k.startswith("lr/") for k in stages) == n_models * n_lr
   # A model dir holding other settings is refused, not silently reused.
   bad = config.copy_and_resolve_references()
   bad.compare.models.dense_16.d_model = 48
@@ -388,6 +450,28 @@ def test_smoke_summary_and_page(smoke, tiny_data):
       assert m["l0"] < 0.5 * m["matrix_entries"]
     else:
       assert m["l0"] > 0.9 * m["matrix_entries"]
+    # The LR rule: the best held-out loss of the trials, recorded.
+    lr = m["lr"]
+    losses = [t["lm_loss"] for t in lr["trials"]]
+    assert len(losses) == 2 and lr["chosen"] == (
+        pytest.approx(lr["trials"][int(np.argmin(losses))]["lr"]))
+    assert lr["recipe"] == config.opt.lr
+    # Both ablations' circuits, each saying which.
+    for ablation, sub in (("mean", ""), ("zero", "ablation_zero")):
+      for t in on_disk["compared_tasks"]:
+        doc = json.load(open(os.path.join(wd, sub, "circuits", t,
+                                          "circuit.json")))
+        assert doc["ablation"] == ablation
+        assert doc["counts"]["pairs"] >= doc["counts"]["edges"]
+  assert on_disk["ablation"] == "mean"
+  assert set(on_disk["by_ablation"]) == {"mean", "zero"}
+  assert on_disk["by_ablation"]["mean"]["headline"] == on_disk["headline"]
+  dec = on_disk["decomposition"]
+  assert set(dec["models"]) == {n for n, m in on_disk["models"].items()
+                                if m["family"] == "sparse"}
+  for r in on_disk["matched"]:
+    assert dec["models"][r["sparse"]]["geomean"]["edges"]["ratio"] == (
+        pytest.approx(r["ratio"]))
   h = on_disk["headline"]
   assert h["n_tasks"] == 2 and h["ratio"] > 0
   assert len(on_disk["matched"]) == 2
@@ -395,6 +479,7 @@ def test_smoke_summary_and_page(smoke, tiny_data):
   page = open(os.path.join(workdir, "compare", "index.html")).read()
   assert page.count("<svg") == 2  # the frontier and the per-task bars
   assert "geometric-mean circuit edges" in page
+  assert "The ratio taken apart" in page
   assert "<script" not in page and 'src="http' not in page  # self-contained
   assert os.path.getsize(os.path.join(workdir, "compare", "frontier.png")) > 0
   text = compare.format_table(on_disk)

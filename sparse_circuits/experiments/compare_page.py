@@ -164,6 +164,15 @@ def page(summary: dict) -> str:
   else:
     head = ('<p class="headline warn">No task is learned by every model: no '
             "circuits compared.</p>")
+  for a, s in (summary.get("by_ablation") or {}).items():
+    sh = s.get("headline")
+    if a != summary.get("ablation") and sh:
+      head += (f'<p>Under {esc(a)} ablation: <b>{sh["ratio"]:.2f}×</b> '
+               f'({sh["ratio_ci"][0]:.2f}–{sh["ratio_ci"][1]:.2f}) over '
+               f'{sh["n_tasks"]} tasks.</p>')
+  if h and summary.get("ablation"):
+    head += (f'<p class="muted">Headline: {esc(summary["ablation"])} '
+             "ablation.</p>")
   parts = [f"<h1>Sparse vs dense circuits</h1>{head}"]
   if h:
     parts.append('<div class="plot">' + _svg(frontier_figure(summary))
@@ -221,7 +230,8 @@ def page(summary: dict) -> str:
   b = summary["bootstrap"]
   parts.append(
       '<h2>How</h2><p class="muted">Tasks: learned by every model '
-      f"(accuracy ≥ {summary['min_accuracy']}). Target rule: "
+      f"({esc(summary.get('select_by', 'accuracy'))} ≥ "
+      f"{summary['min_accuracy']} of the held-out pairs). Target rule: "
       f"{esc(summary['target_rule'])}. Edges: nonzero weights between kept "
       "nodes; a geometric mean counts 0 edges as 1. Intervals: "
       f"{b['n']} bootstrap resamples of the tasks (seed {b['seed']}). "
