@@ -553,7 +553,7 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc,
 def format_table(summary: dict) -> str:
   """The terminal table: one row per model, then the matched ratios."""
   tasks = summary["compared_tasks"]
-  rows = [f"{'model':<18} {'family':<7} {'LM loss':>8} {'L0':>10} "
+  rows = [f"{'model':<18} {'family':<7} {'LR':>8} {'LM loss':>8} {'L0':>10} "
           f"{'gm edges [95% CI]':>24} {'gm nodes':>9}"
           + "".join(f" {t[:14]:>14}" for t in tasks)]
   order = sorted(summary["models"].items(),
@@ -563,7 +563,9 @@ def format_table(summary: dict) -> str:
     gm = (f"{m['geomean_edges']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
           if ci else "n/a")
     nodes = f"{m['geomean_nodes']:.1f}" if "geomean_nodes" in m else "n/a"
-    rows.append(f"{name:<18} {m['family']:<7} {m['lm_loss']:>8.4f} "
+    lr = (m.get("lr") or {}).get("chosen")
+    lr = f"{lr:.3g}" if lr is not None else "n/a"
+    rows.append(f"{name:<18} {m['family']:<7} {lr:>8} {m['lm_loss']:>8.4f} "
                 f"{m['l0']:>10,} {gm:>24} {nodes:>9}"
                 + "".join(f" {m['tasks'][t]['edges']:>14,}" for t in tasks))
   for r in summary.get("matched", []):

@@ -115,6 +115,14 @@ def _table(header, rows) -> str:
   return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _lr(lr) -> str:
+  """The chosen LR and, with the LR rule, its multiple of the recipe's."""
+  if not lr or lr.get("chosen") is None:
+    return ""
+  return f"{lr['chosen']:.3g}" + (f" (×{lr['multiplier']:g})"
+                                  if "multiplier" in lr else "")
+
+
 def _ci(v) -> str:
   return f"[{v[0]:.1f}, {v[1]:.1f}]" if v else ""
 
@@ -192,9 +200,10 @@ def page(summary: dict) -> str:
   models = sorted(summary["models"].items(),
                   key=lambda kv: (kv[1]["family"], kv[1]["lm_loss"]))
   parts.append("<h2>Models</h2>" + _table(
-      ["model", "family", "d_model", "LM loss", "L0 (nonzero weights)",
-       "gm edges", "95% interval", "gm nodes", "run"],
-      [[esc(n), m["family"], m["d_model"], f"{m['lm_loss']:.4f}",
+      ["model", "family", "d_model", "LR", "LM loss",
+       "L0 (nonzero weights)", "gm edges", "95% interval", "gm nodes", "run"],
+      [[esc(n), m["family"], m["d_model"], _lr(m.get("lr")),
+        f"{m['lm_loss']:.4f}",
         f"{m['l0']:,} of {m['matrix_entries']:,}",
         f"{m.get('geomean_edges', float('nan')):.1f}",
         _ci(m.get("geomean_edges_ci")),
@@ -236,7 +245,9 @@ def page(summary: dict) -> str:
       "nodes; a geometric mean counts 0 edges as 1. Intervals: "
       f"{b['n']} bootstrap resamples of the tasks (seed {b['seed']}). "
       "Matched loss: log-edges of the dense frontier linear in loss between "
-      "the two nearest dense models. Details: the docstring of "
+      "the two nearest dense models. LR: each model's best held-out loss "
+      "of the trials in summary.json (models.NAME.lr). Details: the "
+      "docstring of "
       "sparse_circuits/experiments/compare.py.</p>")
   return ("<!doctype html><html><head><meta charset='utf-8'>"
           "<title>Sparse vs dense circuits</title>"
