@@ -176,7 +176,7 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.prune.mean_batches = 8
   # What a pruned node is replaced by: "mean" (its mean activation over
   # prune.mean_batches pretraining batches, the paper's) or "zero".
-  c.prune.ablation = "mean"
+  c.prune.ablation = sites.MEAN
   c.prune.calibrate = True
   c.prune.random_control = True
   if size == "tiny":  # minutes on two CPU cores

@@ -353,8 +353,8 @@ class Circuit:
 
   def __init__(self, doc: dict, means: Mapping[str, np.ndarray], run: Run):
     self.doc, self.run = doc, run
-    self.means = sites_lib.ablation_values(means,
-                                           doc.get("ablation", "mean"))
+    self.means = sites_lib.ablation_values(
+        means, doc.get("ablation", sites_lib.MEAN))
     self.name = doc["task"]["name"]
     self.keep = {s: np.zeros(len(m), bool) for s, m in means.items()}
     for n in doc["nodes"]:

@@ -61,8 +61,10 @@ SUBLAYER_INPUTS = (("resid_in", "attn.act_in"), ("resid_mid", "mlp.act_in"))
 
 
 # What a pruned node is replaced by (`prune.ablation`): "mean", its mean
-# activation over pretraining batches (the paper's), or "zero".
-ABLATIONS = ("mean", "zero")
+# activation over pretraining batches (the paper's, and what a circuit
+# written without the field used), or "zero".
+MEAN = "mean"
+ABLATIONS = (MEAN, "zero")
 
 
 def ablation_values(means: dict, ablation: str) -> dict:

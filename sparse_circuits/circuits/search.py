@@ -234,7 +234,7 @@ class Pruner:
     under pc.ablation = "zero" (`self.means` holds what it takes)."""
     self.params, self.cfg, self.sites, self.pc = params, cfg, sites, pc
     self.means = {k: jnp.asarray(v) for k, v in sites_lib.ablation_values(
-        means, pc.get("ablation", "mean")).items()}
+        means, pc.get("ablation", sites_lib.MEAN)).items()}
     self.index = sites_lib.NodeIndex(sites)  # flat <-> per site <-> ids
     self.n_nodes = self.index.n
     self._init, self._step, self._diffs = programs(cfg, sites, pc)

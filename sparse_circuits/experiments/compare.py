@@ -377,7 +377,7 @@ def _prune(m: Model, task: str, target: float, log: StageLog,
   path = os.path.join(wd, "circuits", task, "circuit.json")
   old = _read_json(path)
   if (log.done(key, fp) and old and old.get("model", {}).get("step") == step
-      and old.get("ablation", "mean") == ablation):
+      and old.get("ablation", sites_lib.MEAN) == ablation):
     _log.info(f"[compare] {m.name}/{task} ({ablation}): circuit reused")
     return old
   _log.info(f"[compare] {m.name}/{task}: pruning to target loss "
