@@ -33,7 +33,8 @@ mean nothing. `gpu`: the same experiment at accelerator size (4 layers,
 context 256, d_model up to 1024, 20k steps of 128 x 256 tokens; not run
 yet: from the paper model's 121k tokens/s on one H200 (docs/results.md,
 "One GPU"; 8 layers, twice these), a sparse model here would take roughly
-45 min, the dense ones less, about 2-3 h in all with the pruning).
+45 min, the dense ones less, about 2-3 h in all with the pruning, before
+the LR trials (300 steps per model) and the zero-ablation circuits).
 `h200`: the paper's regime in minutes on one GPU (not run yet): sparse
 models wider than their dense partners at the same hidden nonzeros, hidden
 L0 1/16 and 1/64, 24.6M tokens per model; see its comments for the time
