@@ -174,6 +174,9 @@ def base_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # Flag a circuit larger than this times the nonsense task's circuit.
   c.prune.nonsense_ratio = 0.5
   c.prune.mean_batches = 8
+  # What a pruned node is replaced by: "mean" (its mean activation over
+  # prune.mean_batches pretraining batches, the paper's) or "zero".
+  c.prune.ablation = sites.MEAN
   c.prune.calibrate = True
   c.prune.random_control = True
   if size == "tiny":  # minutes on two CPU cores
@@ -247,6 +250,8 @@ def _validate_prune(p) -> None:
            "must be at least 1 (the selected run itself)")
   _require(0 <= p.min_accuracy <= 1, "prune.min_accuracy", "must be in [0, 1]")
   _require(p.nonsense_ratio > 0, "prune.nonsense_ratio", "must be positive")
+  _require(p.ablation in sites.ABLATIONS, "prune.ablation",
+           f"want one of {sites.ABLATIONS}, got {p.ablation!r}")
   _require(len(tuple(p.tasks)) > 0, "prune.tasks",
            'names no task (give names or "learned")')
 

@@ -346,11 +346,15 @@ class Run:
 
 
 class Circuit:
-  """A pruned circuit: its kept nodes and the means everything else is
-  ablated to. `doc` is the circuit.json document (schema in the README)."""
+  """A pruned circuit: its kept nodes and the values everything else is
+  ablated to (`means`: the mean activations, or 0 under the circuit's
+  "ablation": "zero"). `doc` is the circuit.json document (schema in the
+  README)."""
 
   def __init__(self, doc: dict, means: Mapping[str, np.ndarray], run: Run):
-    self.doc, self.means, self.run = doc, means, run
+    self.doc, self.run = doc, run
+    self.means = sites_lib.ablation_values(
+        means, doc.get("ablation", sites_lib.MEAN))
     self.name = doc["task"]["name"]
     self.keep = sites_lib.node_masks(
         doc["nodes"], {s: len(m) for s, m in means.items()})
@@ -368,7 +372,7 @@ class Circuit:
             f"{self.counts['edges']} edges)")
 
   def apply(self) -> dict:
-    """Interventions that keep the circuit and mean-ablate every other node."""
+    """Interventions that keep the circuit and ablate every other node."""
     return {s: {"mask": self.keep[s].astype(np.float32),
                 "mean": np.asarray(self.means[s], np.float32)}
             for s in self.keep}

@@ -60,6 +60,22 @@ NODE_KINDS = {
 SUBLAYER_INPUTS = (("resid_in", "attn.act_in"), ("resid_mid", "mlp.act_in"))
 
 
+# What a pruned node is replaced by (`prune.ablation`): "mean", its mean
+# activation over pretraining batches (the paper's, and what a circuit
+# written without the field used), or "zero".
+MEAN = "mean"
+ABLATIONS = (MEAN, "zero")
+
+
+def ablation_values(means: dict, ablation: str) -> dict:
+  """Per site, the value each ablated node takes: its mean, or 0."""
+  if ablation not in ABLATIONS:
+    raise ValueError(f"ablation: want one of {ABLATIONS}, got {ablation!r}")
+  if ablation == "zero":
+    return {k: np.zeros_like(v) for k, v in means.items()}
+  return dict(means)
+
+
 def site_names(n_layer: int) -> list[str]:
   """Every activation site of an n_layer model, in forward order."""
   return [f"{i}.{s}" for i in range(n_layer) for s in LAYER_SITES] + [

@@ -75,7 +75,7 @@ def prune_config(**kw):
       k_coef=1e-2, lr=3e-3, temperature=0.1, init_mean=0.1,
       sweep_size=1, sweep_seed=0, sweep_k_coef=(1e-2,), sweep_lr=(3e-3,),
       sweep_temperature=(0.1,), sweep_init_mean=(0.1,), stability_seeds=1,
-      nonsense_control=False, nonsense_ratio=0.5))
+      nonsense_control=False, nonsense_ratio=0.5, ablation="mean"))
   pc.update(kw)
   return pc
 
@@ -232,6 +232,54 @@ def test_mean_ablating_everything_equals_direct_computation():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_zero_ablation_replaces_a_node_by_zero():
+  """prune.ablation = "zero": an ablated node is exactly 0 (mean: exactly its
+  mean), the other nodes untouched; a circuit read back ablates the same."""
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  params, site = hand_built_params(), "0.mlp.post_act"
+  toks = jnp.asarray(task_data().tokens)
+  means = P.compute_means(params, CFG, pretraining_batches(),
+                          sites_lib.node_sites(CFG))
+  assert means[site][0] != 0  # so that 0 and the mean differ
+  mask = np.ones(CFG.d_mlp, np.float32)
+  mask[0] = 0.0
+  _, full = M.forward(params, toks, CFG, capture=(site,))
+  for ablation, want in (("zero", 0.0), ("mean", means[site][0])):
+    pruner = _pruner(ablation=ablation)
+    iv = scoring.interventions({site: mask}, pruner.means)
+    _, got = M.forward(params, toks, CFG, interventions=iv, capture=(site,))
+    a = np.asarray(got[site])
+    np.testing.assert_array_equal(a[..., 0], np.float32(want))
+    np.testing.assert_array_equal(a[..., 1:], np.asarray(full[site])[..., 1:])
+  zero = _pruner(ablation="zero").means
+  assert all(np.all(np.asarray(v) == 0) for v in zero.values())
+  doc = {"task": {"name": "hand"}, "ablation": "zero",
+         "nodes": [{"site": site, "index": 0}]}
+  iv = runs.Circuit(doc, means, None).apply()
+  assert iv[site]["mask"][0] == 1 and not iv[site]["mask"][1:].any()
+  assert all(np.all(v["mean"] == 0) for v in iv.values())
+  del doc["ablation"]  # written before the field: mean-ablated
+  np.testing.assert_array_equal(runs.Circuit(doc, means, None).apply()[site][
+      "mean"], means[site])
+
+
+def test_connectable_pairs_count_kept_node_pairs_zero_weights_included():
+  """The hand-built circuit plus one neuron without weights: 4 nodes,
+  6 nonzero edges among 8 connectable pairs."""
+  kept = {s.name: np.zeros(s.width, bool) for s in sites_lib.node_sites(CFG)}
+  kept["0.mlp.act_in"][0] = kept["0.mlp.resid_delta"][1] = True
+  kept["0.mlp.post_act"][[0, 1]] = True
+  io = {"embed": [A, B], "logit": [T1, T2]}
+  params = hand_built_params()
+  pairs = circuit_lib.connectable_pairs(params, CFG, kept, io)
+  # act_in:0 -> post_act:0,1; post_act:0,1 -> resid_delta:1; 2 tokens ->
+  # act_in:0; resid_delta:1 -> 2 logits.
+  assert pairs == {"pairs": 8, "pairs_by_kind": {
+      "weight": 4, "embedding": 2, "unembedding": 2}}
+  counts = circuit_lib.edge_counts(circuit_lib.edges(params, CFG, kept, io))
+  assert counts["edges"] == 6 and counts["edges_by_kind"]["weight"] == 2
+
+
 def test_node_sets_evaluated_together_equal_each_alone():
   """7 node sets go as calls of 4, 2 and 1, never padded (a lone set padded
   to 4 was 4x its work); every row equals that set evaluated alone."""
@@ -348,7 +396,7 @@ def test_nonsense_labels_keep_pairs_balanced_but_break_the_rule():
 @pytest.mark.parametrize("field, value", [
     ("sweep_lr", (3e-2, 3e-3)), ("sweep_k_coef", (0.0, 1e-3)),
     ("sweep_size", 0), ("stability_seeds", 0), ("min_accuracy", 1.5),
-    ("tasks", ())])
+    ("tasks", ()), ("ablation", "resample")])
 def test_bad_prune_config_names_the_field(field, value):
   from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config("tiny")

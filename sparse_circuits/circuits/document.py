@@ -22,7 +22,9 @@ the unembedding count as nodes too:
 A write channel also reaches every later read of the same channel through
 the residual stream: that is a connection, not a weight, so these
 "residual" edges (weighted by the read's norm scale) are drawn but counted
-apart, in `counts.residual_edges`.
+apart, in `counts.residual_edges`. `counts.pairs` counts the pairs of kept
+nodes (and the task's tokens) that a weight of these kinds could join,
+zero weights included: edges / pairs is the circuit's density.
 """
 
 import functools
@@ -59,41 +61,37 @@ def io_tokens(task, eot_id=None) -> dict[str, list[int]]:
           "logit": sorted(int(t) for t in cand)}
 
 
-def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
-          io: dict[str, list[int]] | None = None) -> list[dict]:
-  """Edges among kept nodes (`kept`: site name -> bool [width]), with kind
-  "weight", "embedding", "unembedding" (all nonzero weights) or "residual";
-  io: the input and candidate tokens (`io_tokens`), none if omitted."""
+def _blocks(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
+            io: dict[str, list[int]] | None = None):
+  """Every block of weights between kept nodes: (kind, source ids, target
+  ids, weights [sources, targets]), the kinds of `edges`."""
   hd = cfg.n_head * cfg.d_head
-  out = []
 
-  def add(src_site, dst_site, w, kind="weight", src_ids=None, dst_ids=None):
-    src = kept.get(src_site) if src_ids is None else np.ones(len(src_ids))
-    dst = kept.get(dst_site) if dst_ids is None else np.ones(len(dst_ids))
-    if src is None or dst is None or not src.any() or not dst.any():
-      return
-    for i in np.nonzero(src)[0]:
-      for j in np.nonzero(dst)[0]:
-        if w[i, j] != 0:
-          out.append({
-              "source": (src_ids[i] if src_ids is not None else
-                         sites_lib.node_id(src_site, int(i))),
-              "target": (dst_ids[j] if dst_ids is not None else
-                         sites_lib.node_id(dst_site, int(j))),
-              "weight": float(w[i, j]), "kind": kind})
+  def block(src_site, dst_site, w, kind="weight", src_ids=None, dst_ids=None):
+    ends = []
+    for site, ids in ((src_site, src_ids), (dst_site, dst_ids)):
+      if ids is not None:
+        ends.append((np.arange(len(ids)), list(ids)))
+        continue
+      on = kept.get(site)
+      idx = np.zeros(0, int) if on is None else np.nonzero(on)[0]
+      ends.append((idx, [sites_lib.node_id(site, int(i)) for i in idx]))
+    (si, sids), (di, dids) = ends
+    if len(si) and len(di):
+      yield kind, sids, dids, w[np.ix_(si, di)]
 
   for layer in range(cfg.n_layer):
     blk = params[f"h_{layer}"]
     c_attn = _np(blk["attn"]["c_attn"]["kernel"])
     for n, part in enumerate("qkv"):
-      add(f"{layer}.attn.act_in", f"{layer}.attn.{part}",
-          c_attn[:, n * hd:(n + 1) * hd])
-    add(f"{layer}.attn.v", f"{layer}.attn.resid_delta",
-        _np(blk["attn"]["c_proj"]["kernel"]))
-    add(f"{layer}.mlp.act_in", f"{layer}.mlp.post_act",
-        _np(blk["mlp"]["c_fc"]["kernel"]))
-    add(f"{layer}.mlp.post_act", f"{layer}.mlp.resid_delta",
-        _np(blk["mlp"]["c_proj"]["kernel"]))
+      yield from block(f"{layer}.attn.act_in", f"{layer}.attn.{part}",
+                       c_attn[:, n * hd:(n + 1) * hd])
+    yield from block(f"{layer}.attn.v", f"{layer}.attn.resid_delta",
+                     _np(blk["attn"]["c_proj"]["kernel"]))
+    yield from block(f"{layer}.mlp.act_in", f"{layer}.mlp.post_act",
+                     _np(blk["mlp"]["c_fc"]["kernel"]))
+    yield from block(f"{layer}.mlp.post_act", f"{layer}.mlp.resid_delta",
+                     _np(blk["mlp"]["c_proj"]["kernel"]))
   sites = sites_lib.node_sites(cfg)
   reads = [s for s in sites if s.kind == "resid_read"]
   writes = [s for s in sites if s.kind == "resid_write"]
@@ -107,20 +105,45 @@ def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
     wte = _np(params["wte"]["embedding"])[io["embed"]]
     ids = [f"embed:{t}" for t in io["embed"]]
     for r_site in reads:
-      add(None, r_site.name, wte * read_scale(r_site), "embedding",
-          src_ids=ids)
+      yield from block(None, r_site.name, wte * read_scale(r_site),
+                       "embedding", src_ids=ids)
   if io["logit"]:
     w = (_np(params["ln_f"]["weight"])[:, None] *
          _np(params["lm_head"]["kernel"])[:, io["logit"]])
     ids = [f"logit:{t}" for t in io["logit"]]
     for w_site in writes:
-      add(w_site.name, None, w, "unembedding", dst_ids=ids)
+      yield from block(w_site.name, None, w, "unembedding", dst_ids=ids)
   # Residual: a write reaches every later read of the same channel.
   for w_site in writes:
     for r_site in (s for s in reads if s.order > w_site.order):
-      add(w_site.name, r_site.name, np.diag(read_scale(r_site)),
-          kind="residual")
+      yield from block(w_site.name, r_site.name, np.diag(read_scale(r_site)),
+                       "residual")
+
+
+def edges(params, cfg: model_lib.ModelConfig, kept: dict[str, np.ndarray],
+          io: dict[str, list[int]] | None = None) -> list[dict]:
+  """Edges among kept nodes (`kept`: site name -> bool [width]), with kind
+  "weight", "embedding", "unembedding" (all nonzero weights) or "residual";
+  io: the input and candidate tokens (`io_tokens`), none if omitted."""
+  out = []
+  for kind, src, dst, w in _blocks(params, cfg, kept, io):
+    for i, j in zip(*np.nonzero(w)):
+      out.append({"source": src[i], "target": dst[j],
+                  "weight": float(w[i, j]), "kind": kind})
   return out
+
+
+def connectable_pairs(params, cfg: model_lib.ModelConfig,
+                      kept: dict[str, np.ndarray],
+                      io: dict[str, list[int]] | None = None) -> dict:
+  """Pairs of kept nodes a weight could join, by kind, zero weights
+  included (`edges` are the nonzero ones): {"pairs", "pairs_by_kind"}.
+  Residual connections are not weights and not counted."""
+  by_kind = {}
+  for kind, _, _, w in _blocks(params, cfg, kept, io):
+    if kind != "residual":
+      by_kind[kind] = by_kind.get(kind, 0) + int(w.size)
+  return {"pairs": sum(by_kind.values()), "pairs_by_kind": by_kind}
 
 
 def io_nodes(edge_recs, tok=None) -> list[dict]:
@@ -238,7 +261,8 @@ def document(params, cfg, task, res, means, control, tok, heldout,
   keep = res.keep
   node_recs = nodes(cfg, keep, res.tau, means, res.seed_counts)
   annotate(node_recs, params, cfg, task, tok, heldout, res.evaluator, keep)
-  edge_recs = edges(params, cfg, keep, io_tokens(task, tok.eot_id))
+  io = io_tokens(task, tok.eot_id)
+  edge_recs = edges(params, cfg, keep, io)
   losses = dict(res.losses)
   losses["random_init_control"] = None if control is None else control["loss"]
   return {
@@ -250,6 +274,7 @@ def document(params, cfg, task, res, means, control, tok, heldout,
                "examples": examples(task, tok)},
       "model": model_info,
       "prune_config": prune_config,
+      "ablation": prune_config.get("ablation", sites_lib.MEAN),
       "selected_setting": res.setting,
       "selected_index": res.selected,
       "target_reached": bool(res.reached),
@@ -263,6 +288,7 @@ def document(params, cfg, task, res, means, control, tok, heldout,
       "io_nodes": io_nodes(edge_recs, tok),
       "edges": edge_recs,
       "counts": {"nodes": len(node_recs), **edge_counts(edge_recs),
+                 **connectable_pairs(params, cfg, keep, io),
                  "total_nodes": sites_lib.NodeIndex(sites_lib.node_sites(cfg)).n},
       "losses": losses,
       "loss_vs_k": res.loss_vs_k,

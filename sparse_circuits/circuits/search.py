@@ -230,8 +230,11 @@ class Pruner:
   """Mask training and node-set evaluation on one model (params, means)."""
 
   def __init__(self, params, cfg, means, sites, pc):
+    """means: each node's mean activation; an ablated node takes it, or 0
+    under pc.ablation = "zero" (`self.means` holds what it takes)."""
     self.params, self.cfg, self.sites, self.pc = params, cfg, sites, pc
-    self.means = {k: jnp.asarray(v) for k, v in means.items()}
+    self.means = {k: jnp.asarray(v) for k, v in sites_lib.ablation_values(
+        means, pc.get("ablation", sites_lib.MEAN)).items()}
     self.index = sites_lib.NodeIndex(sites)  # flat <-> per site <-> ids
     self.n_nodes = self.index.n
     self._init, self._step, self._diffs = programs(cfg, sites, pc)

@@ -8,6 +8,7 @@ each in WORKDIR/<model>/ with the ordinary run layout, so every other mode
 works on it. The existing modes run as library functions, one stage each:
 
   data      the tokenizer, built once in WORKDIR/data and shared by all
+  lr        train.run, short  -> WORKDIR/lr/<model>/x<m>/lr_trial.json
   train     train.run        -> WORKDIR/<model>/checkpoints/<num_steps>
   eval      evaluate.run     -> WORKDIR/<model>/eval_summary.json
   prune     prune.run, one task at a time
@@ -23,9 +24,16 @@ compare, started again, resumes where it stopped (training itself resumes
 from its last checkpoint).
 
 The rules, the same for every model:
+- Learning rate: of compare.lr_multipliers (0.5, 1, 2) x the recipe's
+  opt.lr, the one whose short run (compare.lr_steps steps, in
+  WORKDIR/lr/<model>/x<m>/, each a resumable stage) reaches the best
+  held-out LM loss; summary.json records the trials and the choice.
 - Tasks: those every model gets right on >= compare.min_accuracy of the
-  held-out pairs, in the suite's order, the first compare.max_tasks of them;
-  not a task the bigram table alone solves (compare.skip_bigram_solvable).
+  held-out pairs (compare.select_by = "pair_accuracy", the README's
+  measure: a pair counts when the model favours each prompt's own answer
+  more than the other prompt does; "accuracy": per prompt), in the suite's
+  order, the first compare.max_tasks of them; not a task the bigram table
+  alone solves (compare.skip_bigram_solvable).
 - Target: one target loss per task for every model, the larger of
   prune.target_loss and compare.target_factor times the worst model's
   full-model task loss on the held-out pairs (compare.target_rule=
@@ -34,6 +42,10 @@ The rules, the same for every model:
   training pairs), or prune.target_loss alone ("absolute"). A task whose
   circuit misses the target in any model is left out of the means, with
   the reason.
+- Ablation: every circuit is pruned under each of compare.ablations
+  ("mean", "zero"; prune.ablation); the first gives the headline and the
+  circuits in WORKDIR/<model>/circuits, the others go to
+  WORKDIR/<model>/ablation_<name>/circuits and summary.json's by_ablation.
 - Circuit size: weight edges (nonzero weights between kept nodes; the
   residual connections are not weights) and nodes; the geometric mean over
   tasks counts a circuit with 0 edges as 1, and its interval is a seeded
@@ -43,11 +55,13 @@ The rules, the same for every model:
   dense range the line through the two nearest is extended and the ratio is
   flagged as extrapolated. The headline is the geometric mean of the
   dense/sparse ratios of the sparse models inside the dense range (of all of
-  them, flagged, if none is).
+  them, flagged, if none is). `decomposition` takes each ratio apart into
+  nodes, connectable pairs per node and effective density.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -65,16 +79,23 @@ from sparse_circuits import errors
 from sparse_circuits import evaluate
 from sparse_circuits import reporting
 from sparse_circuits import runs
+from sparse_circuits import sites as sites_lib
 from sparse_circuits import sparsity
 from sparse_circuits import train
 from sparse_circuits import viz
 from sparse_circuits.circuits import prune
 from sparse_circuits.experiments import compare_page
+from sparse_circuits.experiments import decomposition
+from sparse_circuits.experiments import frontier
 from sparse_circuits.tasks import suite as task_suite
 
 _log = reporting.get(__name__)
 
 FAMILIES = ("sparse", "dense")
+_RESERVED = ("compare", "data", "lr")  # WORKDIR/<these> are not models
+SELECT_BY = ("pair_accuracy", "accuracy")
+# What summary.json's by_ablation holds of each ablation's summary.
+_BY_ABLATION = ("compared_tasks", "headline", "matched", "decomposition")
 TARGET_RULES = ("relative", "absolute")
 # Settings a finished model must share with the config to be reused.
 _MODEL_SECTIONS = ("model", "sparsity", "opt")
@@ -124,11 +145,10 @@ def models(config, workdir: str) -> list[Model]:
   cc = config.compare
   out = []
   for name, spec in cc.models.items():
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in ("compare",
-                                                               "data"):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in _RESERVED:
       raise errors.ConfigError(
           f"config.compare.models.{name}: want a plain directory name "
-          "other than 'compare' and 'data'")
+          f"other than {', '.join(map(repr, _RESERVED))}")
     if spec.get("family") not in FAMILIES:
       raise errors.ConfigError(
           f"config.compare.models.{name}.family: want one of {FAMILIES}, "
@@ -156,6 +176,20 @@ def models(config, workdir: str) -> list[Model]:
   if cc.target_factor < 1:
     raise errors.ConfigError("config.compare.target_factor: must be >= 1 "
                              "(a circuit cannot beat the worst full model)")
+  if any(float(x) <= 0 for x in cc.lr_multipliers) or (
+      cc.lr_multipliers and cc.lr_steps < 1):
+    raise errors.ConfigError(
+        "config.compare.lr_multipliers: want positive multipliers of "
+        "opt.lr and compare.lr_steps >= 1")
+  ab = list(cc.ablations)
+  if not ab or len(set(ab)) < len(ab) or any(
+      a not in sites_lib.ABLATIONS for a in ab):
+    raise errors.ConfigError(
+        f"config.compare.ablations: want distinct ones of "
+        f"{sites_lib.ABLATIONS} (the first is the headline's), got {ab}")
+  if cc.select_by not in SELECT_BY:
+    raise errors.ConfigError(f"config.compare.select_by: want one of "
+                             f"{SELECT_BY}, got {cc.select_by!r}")
   if not 0 <= cc.min_accuracy <= 1:
     raise errors.ConfigError(
         "config.compare.min_accuracy: must be in [0, 1]")
@@ -225,7 +259,8 @@ def _timed(log, key, fp, fn, *args):
   return out
 
 
-def _train(m: Model, log: StageLog):
+def _train(m: Model, log: StageLog, key: str | None = None):
+  """Trains m (or reuses its finished run); `key`: its stage's name."""
   n = m.config.train.num_steps
   if checkpoints.latest_step(m.workdir) is not None:
     bad = _mismatch(checkpoints.load_config(m.workdir), m.config)
@@ -237,9 +272,60 @@ def _train(m: Model, log: StageLog):
     _log.info(f"[compare] {m.name}: trained to step {n}, reused")
     return
   _log.info(f"[compare] {m.name}: training ({m.family}, d_model "
-            f"{m.config.model.d_model}, {n} steps)")
-  _timed(log, f"train/{m.name}", fingerprint(m.config.to_dict()), train.run,
-         m.config, m.workdir)
+            f"{m.config.model.d_model}, lr {m.config.opt.lr:.3g}, {n} steps)")
+  _timed(log, key or f"train/{m.name}", fingerprint(m.config.to_dict()),
+         train.run, m.config, m.workdir)
+
+
+def _lr_trial(m: Model, mult: float, cc, workdir: str, log: StageLog):
+  """Held-out LM loss after cc.lr_steps steps at mult x the recipe's LR,
+  in WORKDIR/lr/<model>/x<mult>/ (inf if the run diverged)."""
+  c = m.config.copy_and_resolve_references()
+  c.opt.lr = float(m.config.opt.lr * mult)
+  c.train.num_steps = int(cc.lr_steps)
+  c.train.eval_every = c.train.checkpoint_every = int(cc.lr_steps)
+  trial = Model(f"{m.name}/x{mult:g}", m.family, c,
+                os.path.join(workdir, "lr", m.name, f"x{mult:g}"))
+  key = f"lr/{trial.name}"
+  fp = fingerprint(c.to_dict())
+  path = os.path.join(trial.workdir, "lr_trial.json")
+  old = _read_json(path)
+  if log.done(key, fp) and old is not None:
+    return old["lm_loss"]
+  t0 = time.perf_counter()
+  try:
+    _train(trial, log, key=f"train/{trial.name}")
+    loss = evaluate.lm_loss(runs.load(trial.workdir, step=c.train.num_steps),
+                            c.train.eval_batches)
+  except FloatingPointError as e:  # diverged: this LR loses
+    _log.info(f"[compare] {trial.name}: {e}")
+    loss = math.inf
+  reporting.write_json(path, {"lr": c.opt.lr, "lm_loss": loss,
+                              "steps": c.train.num_steps})
+  log.record(key, fp, time.perf_counter() - t0)
+  return loss
+
+
+def choose_lr(m: Model, cc, workdir: str, log: StageLog) -> dict | None:
+  """The LR rule, the same for every model: of cc.lr_multipliers x the
+  recipe's LR, the one with the best held-out loss after cc.lr_steps steps
+  (ties: the first). Sets m's LR; None when there is no sweep."""
+  mults = [float(x) for x in cc.lr_multipliers]
+  if not mults:
+    return None
+  recipe = float(m.config.opt.lr)
+  losses = [_lr_trial(m, x, cc, workdir, log) for x in mults]
+  best = min(range(len(mults)), key=lambda i: (not math.isfinite(
+      losses[i]), losses[i]))
+  m.config.opt.lr = recipe * mults[best]
+  _log.info(f"[compare] {m.name}: lr {m.config.opt.lr:.3g} (x{mults[best]:g}"
+            f" the recipe's; held-out losses after {cc.lr_steps} steps "
+            + ", ".join(f"x{x:g} {v:.4f}" for x, v in zip(mults, losses))
+            + ")")
+  return {"recipe": recipe, "chosen": m.config.opt.lr,
+          "multiplier": mults[best], "steps": int(cc.lr_steps),
+          "trials": [{"multiplier": x, "lr": recipe * x, "lm_loss": v}
+                     for x, v in zip(mults, losses)]}
 
 
 def _eval(m: Model, log: StageLog) -> dict:
@@ -256,26 +342,47 @@ def _eval(m: Model, log: StageLog) -> dict:
   return _timed(log, key, fp, evaluate.run, m.config, m.workdir)
 
 
-def _circuit_config(m: Model, task: str, target: float):
+def _circuit_config(m: Model, task: str, target: float, ablation: str):
   c = m.config.copy_and_resolve_references()
   c.prune.tasks = (task,)
   c.prune.target_loss = float(target)
+  c.prune.ablation = ablation
   return c
 
 
-def _prune(m: Model, task: str, target: float, log: StageLog) -> dict:
+def ablation_workdir(m: Model, ablation: str, headline: str) -> str:
+  """Where m's circuits under `ablation` go: its own workdir for the
+  headline's ablation, else WORKDIR/<model>/ablation_<name>/, a workdir
+  whose checkpoints, data and means are links to the model's."""
+  if ablation == headline:
+    return m.workdir
+  wd = os.path.join(m.workdir, f"ablation_{ablation}")
+  os.makedirs(wd, exist_ok=True)
+  for sub in ("checkpoints", "data", "prune"):
+    os.makedirs(os.path.join(m.workdir, sub), exist_ok=True)
+    if not os.path.lexists(os.path.join(wd, sub)):
+      os.symlink(os.path.join("..", sub), os.path.join(wd, sub))
+  return wd
+
+
+def _prune(m: Model, task: str, target: float, log: StageLog,
+           ablation: str, headline: str) -> dict:
   step = m.config.train.num_steps
-  c = _circuit_config(m, task, target)
-  key = f"prune/{m.name}/{task}"
+  c = _circuit_config(m, task, target, ablation)
+  key = f"prune/{m.name}/{task}" + (
+      "" if ablation == headline else f"/{ablation}")
   fp = fingerprint({"step": step, "prune": c.prune.to_dict(),
                     "tasks": c.tasks.to_dict()})
-  path = os.path.join(m.workdir, "circuits", task, "circuit.json")
+  wd = ablation_workdir(m, ablation, headline)
+  path = os.path.join(wd, "circuits", task, "circuit.json")
   old = _read_json(path)
-  if log.done(key, fp) and old and old.get("model", {}).get("step") == step:
-    _log.info(f"[compare] {m.name}/{task}: circuit reused")
+  if (log.done(key, fp) and old and old.get("model", {}).get("step") == step
+      and old.get("ablation", sites_lib.MEAN) == ablation):
+    _log.info(f"[compare] {m.name}/{task} ({ablation}): circuit reused")
     return old
-  _log.info(f"[compare] {m.name}/{task}: pruning to target loss {target:.4f}")
-  _timed(log, key, fp, prune.run, c, m.workdir)
+  _log.info(f"[compare] {m.name}/{task}: pruning to target loss "
+            f"{target:.4f}, {ablation} ablation")
+  _timed(log, key, fp, prune.run, c, wd)
   doc = _read_json(path)
   if doc is None:
     raise RuntimeError(f"--mode=prune wrote no readable {path}")
@@ -291,68 +398,6 @@ def weight_edges(circuit: dict) -> int:
   if circuit.get("schema_version", 1) >= 2:
     return int(circuit["counts"]["edges"])
   return sum(e.get("kind") != "residual" for e in circuit.get("edges", []))
-
-
-def geomean(x, floor: float = 1.0) -> float:
-  """Geometric mean of counts (a count of 0 counts as `floor`, 1)."""
-  x = np.maximum(np.asarray(x, np.float64), floor)
-  return float(np.exp(np.mean(np.log(x))))
-
-
-def interpolate_log(xs, ys, x) -> tuple[float, bool, tuple[int, int]]:
-  """y at x with log(y) linear in x between the two nearest points around x
-  (or, outside their range, through the two nearest points: extrapolated).
-  Returns (y, extrapolated, (i, j) the indices of the two points used)."""
-  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-  if len(xs) < 2:
-    raise ValueError("interpolation needs at least two points")
-  order = np.argsort(xs, kind="stable")
-  sx, ly = xs[order], np.log(np.maximum(ys[order], 1e-300))
-  extrapolated = bool(x < sx[0] or x > sx[-1])
-  i = int(np.clip(np.searchsorted(sx, x, side="right") - 1, 0, len(sx) - 2))
-  j = i + 1
-  if sx[j] == sx[i]:
-    y = 0.5 * (ly[i] + ly[j])
-  else:
-    y = ly[i] + (x - sx[i]) / (sx[j] - sx[i]) * (ly[j] - ly[i])
-  return float(np.exp(y)), extrapolated, (int(order[i]), int(order[j]))
-
-
-def matched_ratios(losses, families, gm_edges) -> tuple[list[dict], dict]:
-  """Dense/sparse ratio of geometric-mean edges at each sparse model's loss,
-  and the headline (see the module docstring)."""
-  dense = [i for i, f in enumerate(families) if f == "dense"]
-  dl = [losses[i] for i in dense]
-  de = [gm_edges[i] for i in dense]
-  rows = []
-  for i, f in enumerate(families):
-    if f != "sparse":
-      continue
-    at, extra, (a, b) = interpolate_log(dl, de, losses[i])
-    rows.append({"model": i, "dense_edges_at_loss": at,
-                 "ratio": at / max(gm_edges[i], 1.0), "extrapolated": extra,
-                 "dense_models": [dense[a], dense[b]]})
-  inside = [r for r in rows if not r["extrapolated"]]
-  use = inside or rows
-  head = {"ratio": (geomean([r["ratio"] for r in use], floor=1e-300)
-                    if use else math.nan),
-          "extrapolated": not inside, "sparse_models": [r["model"]
-                                                        for r in use]}
-  return rows, head
-
-
-def bootstrap(values_MxT, statistic, n: int, seed: int,
-              level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-  """Percentile interval of `statistic(values[:, idx])` over n resamples of
-  the tasks (columns) with replacement, the same resample for every model.
-  Returns (lo, hi), each shaped like the statistic."""
-  values = np.asarray(values_MxT, np.float64)
-  rng = np.random.default_rng(seed)
-  t = values.shape[1]
-  stats = np.asarray([statistic(values[:, rng.integers(0, t, t)])
-                      for _ in range(n)])
-  q = (1 - level) / 2
-  return np.quantile(stats, q, axis=0), np.quantile(stats, 1 - q, axis=0)
 
 
 # ------------------------------------------------------------------- run
@@ -378,7 +423,8 @@ def _bigram_solvable(name: str) -> bool:
 
 
 def _select_tasks(ms, evals, cc) -> tuple[list[str], dict]:
-  """Tasks every model learns, in the first model's eval order."""
+  """Tasks every model learns (cc.select_by: held-out pair accuracy or
+  per-prompt accuracy), in the first model's eval order."""
   status, chosen = {}, []
   for m in ms:
     for name, reason in evals[m.name].get("skipped", {}).items():
@@ -386,9 +432,9 @@ def _select_tasks(ms, evals, cc) -> tuple[list[str], dict]:
                                "reason": f"eval skipped it in {m.name}: "
                                          f"{reason}"})
   for name in evals[ms[0].name]["tasks"]:
-    low = [(m.name, evals[m.name]["tasks"].get(name, {}).get("accuracy"))
+    low = [(m.name, evals[m.name]["tasks"].get(name, {}).get(cc.select_by))
            for m in ms]
-    missing = [n for n, a in low if a is None]
+    missing = [n for n, a in low if a is None or not math.isfinite(a)]
     low = [(n, a) for n, a in low if a is not None and a < cc.min_accuracy]
     if cc.skip_bigram_solvable and _bigram_solvable(name):
       status[name] = {"status": "skipped", "reason": "a bigram model solves "
@@ -397,10 +443,11 @@ def _select_tasks(ms, evals, cc) -> tuple[list[str], dict]:
                       "circuit size says nothing"}
     elif missing:
       status[name] = {"status": "skipped",
-                      "reason": f"not evaluated in {', '.join(missing)}"}
+                      "reason": f"no {cc.select_by} (not evaluated, or "
+                                f"no pairs) in {', '.join(missing)}"}
     elif low:
-      status[name] = {"status": "skipped", "reason": "accuracy below "
-                      f"{cc.min_accuracy} in " + ", ".join(
+      status[name] = {"status": "skipped", "reason": f"{cc.select_by} "
+                      f"below {cc.min_accuracy} in " + ", ".join(
                           f"{n} ({a:.2f})" for n, a in low)}
     elif cc.max_tasks and len(chosen) >= cc.max_tasks:
       status[name] = {"status": "skipped", "reason": "learned by every "
@@ -418,8 +465,10 @@ def _target(ms, evals, task, pc, cc) -> float:
   return float(max(pc.target_loss, cc.target_factor * worst))
 
 
-def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
-  """summary.json's content from what the stages wrote."""
+def summarize(ms, evals, l0s, circuits, task_status, targets, cc,
+              lrs=None) -> dict:
+  """summary.json's content from what the stages wrote (`lrs`: each
+  model's `choose_lr`)."""
   compared = [t for t, s in task_status.items() if s["status"] == "compared"]
   for t in list(compared):
     missed = [m.name for m in ms if not circuits[m.name][t].get(
@@ -434,7 +483,9 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
     tasks = {}
     for t, doc in circuits[m.name].items():
       L = doc.get("losses", {})
-      tasks[t] = {"accuracy": evals[m.name]["tasks"][t]["accuracy"],
+      ev = evals[m.name]["tasks"][t]
+      tasks[t] = {"accuracy": ev["accuracy"],
+                  "pair_accuracy": ev.get("pair_accuracy"),
                   "full_model_loss": L.get("full_model"),
                   "circuit_loss": L.get("circuit"), "target": targets[t],
                   "reached": doc.get("target_reached"),
@@ -446,10 +497,12 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
         "d_model": m.config.model.d_model,
         "pfrac": m.config.sparsity.pfrac if m.family == "sparse" else None,
         "expansion_factor": m.config.sparsity.expansion_factor,
-        "lm_loss": evals[m.name]["lm_loss"], **l0s[m.name], "tasks": tasks}
+        "lm_loss": evals[m.name]["lm_loss"], **l0s[m.name],
+        "lr": (lrs or {}).get(m.name) or {"chosen": m.config.opt.lr},
+        "tasks": tasks}
   summary = {"models": out_models, "tasks": task_status,
              "compared_tasks": compared, "target_rule": cc.target_rule,
-             "min_accuracy": cc.min_accuracy,
+             "min_accuracy": cc.min_accuracy, "select_by": cc.select_by,
              "bootstrap": {"n": cc.bootstrap, "seed": cc.seed,
                            "level": 0.95}}
   names = [m.name for m in ms]
@@ -461,21 +514,22 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
   for what in ("edges", "nodes"):
     v = np.asarray([[out_models[n]["tasks"][t][what] for t in compared]
                     for n in names], np.float64)
-    lo, hi = bootstrap(v, lambda s: [geomean(r) for r in s], cc.bootstrap,
-                       cc.seed)
+    lo, hi = frontier.bootstrap(v, lambda s: [frontier.geomean(r) for r in s],
+                                cc.bootstrap, cc.seed)
     for k, n in enumerate(names):
-      out_models[n][f"geomean_{what}"] = geomean(v[k])
+      out_models[n][f"geomean_{what}"] = frontier.geomean(v[k])
       out_models[n][f"geomean_{what}_ci"] = [float(lo[k]), float(hi[k])]
     if what == "edges":
       edges = v
   gm = [out_models[n]["geomean_edges"] for n in names]
-  rows, head = matched_ratios(losses, fams, gm)
+  rows, head = frontier.matched_ratios(losses, fams, gm)
 
   def stat(s):
-    r, h = matched_ratios(losses, fams, [geomean(x) for x in s])
+    r, h = frontier.matched_ratios(losses, fams,
+                                   [frontier.geomean(x) for x in s])
     return [x["ratio"] for x in r] + [h["ratio"]]
 
-  lo, hi = bootstrap(edges, stat, cc.bootstrap, cc.seed)
+  lo, hi = frontier.bootstrap(edges, stat, cc.bootstrap, cc.seed)
   summary["matched"] = [
       {"sparse": names[r["model"]], "lm_loss": losses[r["model"]],
        "sparse_edges": gm[r["model"]],
@@ -488,13 +542,18 @@ def summarize(ms, evals, l0s, circuits, task_status, targets, cc) -> dict:
       "ratio": head["ratio"], "ratio_ci": [float(lo[-1]), float(hi[-1])],
       "extrapolated": head["extrapolated"], "n_tasks": len(compared),
       "sparse_models": [names[i] for i in head["sparse_models"]]}
+  per_task = {n: {t: decomposition.quantities(circuits[n][t])
+                  for t in compared} for n in names}
+  summary["decomposition"] = decomposition.decompose(
+      names, fams, losses, per_task, compared,
+      summary["headline"]["sparse_models"])
   return summary
 
 
 def format_table(summary: dict) -> str:
   """The terminal table: one row per model, then the matched ratios."""
   tasks = summary["compared_tasks"]
-  rows = [f"{'model':<18} {'family':<7} {'LM loss':>8} {'L0':>10} "
+  rows = [f"{'model':<18} {'family':<7} {'LR':>8} {'LM loss':>8} {'L0':>10} "
           f"{'gm edges [95% CI]':>24} {'gm nodes':>9}"
           + "".join(f" {t[:14]:>14}" for t in tasks)]
   order = sorted(summary["models"].items(),
@@ -504,7 +563,9 @@ def format_table(summary: dict) -> str:
     gm = (f"{m['geomean_edges']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
           if ci else "n/a")
     nodes = f"{m['geomean_nodes']:.1f}" if "geomean_nodes" in m else "n/a"
-    rows.append(f"{name:<18} {m['family']:<7} {m['lm_loss']:>8.4f} "
+    lr = (m.get("lr") or {}).get("chosen")
+    lr = f"{lr:.3g}" if lr is not None else "n/a"
+    rows.append(f"{name:<18} {m['family']:<7} {lr:>8} {m['lm_loss']:>8.4f} "
                 f"{m['l0']:>10,} {gm:>24} {nodes:>9}"
                 + "".join(f" {m['tasks'][t]['edges']:>14,}" for t in tasks))
   for r in summary.get("matched", []):
@@ -521,6 +582,17 @@ def format_table(summary: dict) -> str:
                 f"loss {h['ratio']:.2f}x [{h['ratio_ci'][0]:.2f}, "
                 f"{h['ratio_ci'][1]:.2f}] over {h['n_tasks']} tasks"
                 + (" (extrapolated)" if h["extrapolated"] else ""))
+    for a, s in summary.get("by_ablation", {}).items():
+      if a != summary.get("ablation") and s.get("headline"):
+        sh = s["headline"]
+        rows.append(f"  under {a} ablation: {sh['ratio']:.2f}x "
+                    f"[{sh['ratio_ci'][0]:.2f}, {sh['ratio_ci'][1]:.2f}] "
+                    f"over {sh['n_tasks']} tasks")
+    d = (summary.get("decomposition") or {}).get("headline")
+    if d:
+      rows.append("  taken apart (dense/sparse at matched loss): "
+                  + ", ".join(f"{q} {d[q]:.2f}x" for q in
+                              decomposition.QUANTITIES))
   else:
     rows.append("no task is learned by every model: no circuits compared")
   for t, s in summary["tasks"].items():
@@ -564,6 +636,7 @@ def run(config, workdir: str) -> dict:
   tok_dir = _shared_tokenizer(config, workdir)
   for m in ms:
     m.config.data.tokenizer_dir = tok_dir
+  lrs = {m.name: choose_lr(m, cc, workdir, log) for m in ms}
   for m in ms:
     _train(m, log)
   evals = {m.name: _eval(m, log) for m in ms}
@@ -571,15 +644,24 @@ def run(config, workdir: str) -> dict:
   targets = {t: _target(ms, evals, t, config.prune, cc) for t in chosen}
   for t in chosen:
     task_status[t]["target"] = targets[t]
-  circuits = {m.name: {} for m in ms}
+  ablations = list(cc.ablations)  # the first is the headline's
+  circuits = {a: {m.name: {} for m in ms} for a in ablations}
   for t in chosen:  # task-major: a killed compare has whole tasks done
-    for m in ms:
-      circuits[m.name][t] = _prune(m, t, targets[t], log)
+    for a in ablations:
+      for m in ms:
+        circuits[a][m.name][t] = _prune(m, t, targets[t], log, a,
+                                        ablations[0])
   for m in ms:
     if chosen:
       viz.run(m.config, m.workdir)
   l0s = {m.name: _l0(m) for m in ms}
-  summary = summarize(ms, evals, l0s, circuits, task_status, targets, cc)
+  statuses = {a: copy.deepcopy(task_status) for a in ablations}
+  by_ablation = {a: summarize(ms, evals, l0s, circuits[a], statuses[a],
+                              targets, cc, lrs) for a in ablations}
+  summary = by_ablation[ablations[0]]
+  summary["ablation"] = ablations[0]
+  summary["by_ablation"] = {a: {k: s.get(k) for k in _BY_ABLATION}
+                            for a, s in by_ablation.items()}
   summary["settings"] = {  # the seeds and the search, the same for all
       "seed": config.seed, "data_seed": config.data.seed,
       "num_steps": config.train.num_steps,

@@ -115,8 +115,48 @@ def _table(header, rows) -> str:
   return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _lr(lr) -> str:
+  """The chosen LR and, with the LR rule, its multiple of the recipe's."""
+  if not lr or lr.get("chosen") is None:
+    return ""
+  return f"{lr['chosen']:.3g}" + (f" (×{lr['multiplier']:g})"
+                                  if "multiplier" in lr else "")
+
+
 def _ci(v) -> str:
   return f"[{v[0]:.1f}, {v[1]:.1f}]" if v else ""
+
+
+_QUANTITY_LABELS = {
+    "nodes": "nodes", "pairs_per_node": "connectable pairs per node",
+    "density": "effective density (edges ÷ pairs)",
+    "edges": "weight edges (= the three above)",
+    "edges_per_node": "edges per node", "hidden_edges": "hidden edges",
+    "io_edges": "embedding + unembedding edges"}
+
+
+def decomposition_section(dec: dict) -> str:
+  """The ratio taken apart (decomposition.py): per sparse model, each
+  quantity's geometric mean, the dense frontier's at its loss and the
+  ratio, then the ratio per task."""
+  esc = html.escape
+  out = ["<h2>The ratio taken apart</h2>"]
+  for name, row in dec["models"].items():
+    tasks = list(row["tasks"])
+    out.append(f"<p><b>{esc(name)}</b> (LM loss {row['lm_loss']:.4f})</p>"
+               + _table(
+                   ["quantity", "sparse (gm)", "dense at loss", "ratio"]
+                   + [esc(t) for t in tasks],
+                   [[_QUANTITY_LABELS[q], f"{row['geomean'][q]['sparse']:.3g}",
+                     f"{row['geomean'][q]['dense_at_loss']:.3g}",
+                     f"{row['geomean'][q]['ratio']:.2f}×"]
+                    + [f"{row['tasks'][t][q]['ratio']:.2f}×" for t in tasks]
+                    for q in dec["quantities"]]))
+  out.append('<p class="muted">Edges = nodes × connectable pairs per node × '
+             "effective density, so the edge ratio is the product of the "
+             "first three ratios. Pairs: kept nodes (and the task's tokens) "
+             "a weight could join. Hidden: edges inside blocks.</p>")
+  return "".join(out)
 
 
 def page(summary: dict) -> str:
@@ -132,6 +172,15 @@ def page(summary: dict) -> str:
   else:
     head = ('<p class="headline warn">No task is learned by every model: no '
             "circuits compared.</p>")
+  for a, s in (summary.get("by_ablation") or {}).items():
+    sh = s.get("headline")
+    if a != summary.get("ablation") and sh:
+      head += (f'<p>Under {esc(a)} ablation: <b>{sh["ratio"]:.2f}×</b> '
+               f'({sh["ratio_ci"][0]:.2f}–{sh["ratio_ci"][1]:.2f}) over '
+               f'{sh["n_tasks"]} tasks.</p>')
+  if h and summary.get("ablation"):
+    head += (f'<p class="muted">Headline: {esc(summary["ablation"])} '
+             "ablation.</p>")
   parts = [f"<h1>Sparse vs dense circuits</h1>{head}"]
   if h:
     parts.append('<div class="plot">' + _svg(frontier_figure(summary))
@@ -146,12 +195,15 @@ def page(summary: dict) -> str:
           + (' <span class="warn">extrapolated</span>'
              if r["extrapolated"] else "")]
          for r in summary.get("matched", [])]))
+  if summary.get("decomposition"):
+    parts.append(decomposition_section(summary["decomposition"]))
   models = sorted(summary["models"].items(),
                   key=lambda kv: (kv[1]["family"], kv[1]["lm_loss"]))
   parts.append("<h2>Models</h2>" + _table(
-      ["model", "family", "d_model", "LM loss", "L0 (nonzero weights)",
-       "gm edges", "95% interval", "gm nodes", "run"],
-      [[esc(n), m["family"], m["d_model"], f"{m['lm_loss']:.4f}",
+      ["model", "family", "d_model", "LR", "LM loss",
+       "L0 (nonzero weights)", "gm edges", "95% interval", "gm nodes", "run"],
+      [[esc(n), m["family"], m["d_model"], _lr(m.get("lr")),
+        f"{m['lm_loss']:.4f}",
         f"{m['l0']:,} of {m['matrix_entries']:,}",
         f"{m.get('geomean_edges', float('nan')):.1f}",
         _ci(m.get("geomean_edges_ci")),
@@ -187,12 +239,15 @@ def page(summary: dict) -> str:
   b = summary["bootstrap"]
   parts.append(
       '<h2>How</h2><p class="muted">Tasks: learned by every model '
-      f"(accuracy ≥ {summary['min_accuracy']}). Target rule: "
+      f"({esc(summary.get('select_by', 'accuracy'))} ≥ "
+      f"{summary['min_accuracy']} of the held-out pairs). Target rule: "
       f"{esc(summary['target_rule'])}. Edges: nonzero weights between kept "
       "nodes; a geometric mean counts 0 edges as 1. Intervals: "
       f"{b['n']} bootstrap resamples of the tasks (seed {b['seed']}). "
       "Matched loss: log-edges of the dense frontier linear in loss between "
-      "the two nearest dense models. Details: the docstring of "
+      "the two nearest dense models. LR: each model's best held-out loss "
+      "of the trials in summary.json (models.NAME.lr). Details: the "
+      "docstring of "
       "sparse_circuits/experiments/compare.py.</p>")
   return ("<!doctype html><html><head><meta charset='utf-8'>"
           "<title>Sparse vs dense circuits</title>"
