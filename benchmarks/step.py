@@ -19,8 +19,10 @@ bisection of `sparsity.topk_mask` on the weight projection and on the
 activation rows of this config. `--prune` times mask training plus the k
 search for one task (`prune.prune_task`; a random model and a synthetic task
 unless --workdir holds a trained run) and the vectorised sweep (8 settings
-in one program vs 1). `--torch` times `benchmarks.torch_step`, the same step
-in plain PyTorch, in the same rounds.
+in one program vs 1). `--profile=N` first traces N steps and prints the
+time of each kind of XLA operation (`benchmarks.step_profile`). `--torch`
+times `benchmarks.torch_step`, the same step in plain PyTorch, in the same
+rounds.
 """
 
 import atexit
@@ -427,14 +429,22 @@ def format_prune(r) -> str:
 
 
 def run(config, workdir=None, *, with_torch=False, topk=False,
-        prune_too=True, rounds=7, shares=True):
-  """The train figures (and the top-k and prune lines), printed."""
+        prune_too=True, rounds=7, shares=True, profile=0):
+  """The train figures (and the profile, top-k and prune lines), printed."""
   if workdir and not os.path.isdir(workdir):
     workdir = None
+  out = {}
+  if profile:
+    from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+    s = _Stepper(config, jax.devices()[0])
+    out["profile"] = step_profile.profile(s.step_fn, s.run, profile,
+                                          config.model.vocab_size)
+    print(step_profile.format_profile(out["profile"], profile), flush=True)
+    del s
   r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds,
                   shares=shares)
   print(format_train(config, r), flush=True)
-  out = {"train": r}
+  out["train"] = r
   if topk:
     rows = topk_bench(config)
     print(format_topk(rows), flush=True)
@@ -463,6 +473,9 @@ def main():
       "shares", True, "Also time the step with afrac 0, the weight top-k "
       "alone and the step on real data (the shares); --noshares times the "
       "step alone.")
+  profile_flag = flags.DEFINE_integer(
+      "profile", 0, "First profile this many steps (jax.profiler trace) "
+      "and print where the step's time goes (benchmarks.step_profile).", 0)
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "A run's workdir: its data feeds the pipeline figure "
       "and its checkpoint the prune figure (default: a small fresh corpus, a "
@@ -476,7 +489,8 @@ def main():
     config_lib.validate(cfg_flag.value)
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
         topk=topk_flag.value, prune_too=prune_flag.value,
-        rounds=rounds_flag.value, shares=shares_flag.value)
+        rounds=rounds_flag.value, shares=shares_flag.value,
+        profile=profile_flag.value)
   app.run(_main)
 
 

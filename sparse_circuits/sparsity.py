@@ -217,6 +217,7 @@ def project(params, plan: Plan, step):
   """Parameters with every planned matrix cut to its scheduled k at `step`."""
   plans = plan.by_path()
 
+  @jax.named_scope("weight_projection")  # a profile's label
   def one(path, w):
     m = plans.get(path_str(path))
     if m is None:
