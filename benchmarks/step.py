@@ -14,15 +14,15 @@ alone / step; activation top-k = 1 - step(afrac = 0) / step; input pipeline
 = step fed from `data.train_iterator` / step on an in-memory batch - 1.
 
 `--noshares` times the step alone (to compare configs quickly). `--topk`
-compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
-bisection of `sparsity.topk_mask` on the weight projection and on the
-activation rows of this config. `--prune` times mask training plus the k
-search for one task (`prune.prune_task`; a random model and a synthetic task
-unless --workdir holds a trained run) and the vectorised sweep (8 settings
-in one program vs 1). `--profile=N` first traces N steps and prints the
-time of each kind of XLA operation (`benchmarks.step_profile`). `--torch`
-times `benchmarks.torch_step`, the same step in plain PyTorch, in the same
-rounds.
+compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the 4-ary
+search of `sparsity.topk_mask` (and the bisection it replaced) on the weight
+projection and on the activation rows of this config. `--prune` times mask
+training plus the k search for one task (`prune.prune_task`; a random model
+and a synthetic task unless --workdir holds a trained run) and the
+vectorised sweep (8 settings in one program vs 1). `--profile=N` first
+traces N steps and prints the time of each kind of XLA operation
+(`benchmarks.step_profile`). `--torch` times `benchmarks.torch_step`, the
+same step in plain PyTorch, in the same rounds.
 """
 
 import atexit
@@ -239,7 +239,8 @@ def _approx_topk_mask(score, k):
   return sparsity.mask_at(jax.lax.approx_max_k(score, k)[1], score.shape)
 
 
-METHODS = {"bisection (topk_mask)": sparsity.topk_mask,
+METHODS = {"4-ary search (topk_mask)": sparsity.topk_mask,
+           "bisection (reference)": sparsity.reference_topk_mask,
            "lax.top_k + scatter": sparsity.lax_topk_mask,
            "approx_max_k + scatter": _approx_topk_mask}
 
