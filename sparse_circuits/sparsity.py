@@ -280,28 +280,45 @@ def reference_topk_mask(score, k):
   return _select(bits, k, _threshold2)
 
 
+def _score(w, protect_axis=None, n_protect=4):
+  """|w| with its neurons' protected top entries raised to +inf."""
+  score = jnp.abs(w).astype(jnp.float32)
+  if protect_axis is None:
+    return score
+  return jnp.where(_protect_mask(score, protect_axis, n_protect), jnp.inf,
+                   score)
+
+
 def matrix_mask(w, k, protect_axis=None, n_protect=4):
   """Exactly k entries of matrix w: its neurons' protected top entries
   first, then the largest |w| of the whole matrix."""
-  score = jnp.abs(w).astype(jnp.float32)
-  if protect_axis is not None:
-    score = jnp.where(_protect_mask(score, protect_axis, n_protect), jnp.inf,
-                      score)
+  score = _score(w, protect_axis, n_protect)
   return topk_mask(score.reshape(1, -1), k).reshape(w.shape)
 
 
-def project(params, plan: Plan, step):
-  """Parameters with every planned matrix cut to its scheduled k at `step`."""
-  plans = plan.by_path()
+def project(params, plan: Plan, step, grouped: bool = True):
+  """Parameters with every planned matrix cut to its scheduled k at `step`.
 
-  @jax.named_scope("weight_projection")  # a profile's label
+  `grouped`: matrices of one size are rows of one `topk_mask` (its rows are
+  independent, so the masks are `matrix_mask`'s): 5 searches instead of 11
+  for the tiny model, each pass over all of a group at once."""
+  flat = {path_str(p): w for p, w in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  groups = {}
+  for m in plan.matrices:
+    groups.setdefault(math.prod(m.shape) if grouped else m.path, []).append(m)
+  masks = {}
+  with jax.named_scope("weight_projection"):  # a profile's label
+    for ms in groups.values():
+      scores = jnp.stack([_score(flat[m.path], m.protect_axis,
+                                 plan.min_per_neuron).reshape(-1) for m in ms])
+      ks = jnp.stack([plan.k_at(m, step) for m in ms])[:, None]
+      for m, mask in zip(ms, topk_mask(scores, ks)):
+        masks[m.path] = mask.reshape(m.shape)
+
   def one(path, w):
-    m = plans.get(path_str(path))
-    if m is None:
-      return w
-    mask = matrix_mask(w, plan.k_at(m, step), m.protect_axis,
-                       plan.min_per_neuron)
-    return jnp.where(mask, w, jnp.zeros((), w.dtype))
+    mask = masks.get(path_str(path))
+    return w if mask is None else jnp.where(mask, w, jnp.zeros((), w.dtype))
 
   return jax.tree_util.tree_map_with_path(one, params)
 

@@ -1,5 +1,6 @@
 """Exact top-k masks, protection, plans and schedules."""
 
+import math
 import os
 import subprocess
 import sys
@@ -145,3 +146,31 @@ def test_topk_mask_on_a_sharded_matrix_matches_one_device():
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
 
+
+def test_grouped_projection_equals_per_matrix_masks():
+  """Matrices of one size searched together keep what each searched alone
+  keeps, while annealing (k differs per matrix) and after, ties included."""
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config("tiny")
+  cfg = model_lib.ModelConfig.from_config(config.model)
+  params = model_lib.init_params(cfg, 0)
+  params = jax.tree.map(lambda w: jnp.round(w * 50) / 50, params)  # ties
+  plan = runs.sparsity_plan(config, params)
+  assert len({math.prod(m.shape) for m in plan.matrices}) < len(plan.matrices)
+  flat = {S.path_str(p): w for p, w in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  for step in (jnp.int32(100), jnp.int32(plan.schedule.end_step)):
+    grouped = jax.jit(lambda p, s: S.project(p, plan, s))(params, step)
+    each = jax.jit(lambda p, s: S.project(p, plan, s, grouped=False))(params,
+                                                                      step)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+        np.asarray(a), np.asarray(b)), grouped, each)
+    got = {S.path_str(p): w for p, w in
+           jax.tree_util.tree_flatten_with_path(grouped)[0]}
+    for m in plan.matrices:
+      want = S.matrix_mask(flat[m.path], plan.k_at(m, step), m.protect_axis,
+                           plan.min_per_neuron)
+      np.testing.assert_array_equal(np.asarray(got[m.path] != 0),
+                                    np.asarray(want & (flat[m.path] != 0)))
