@@ -21,11 +21,15 @@ training plus the k search for one task (`prune.prune_task`; a random model
 and a synthetic task unless --workdir holds a trained run) and the
 vectorised sweep (8 settings in one program vs 1). `--profile=N` first
 traces N steps and prints the time of each kind of XLA operation
-(`benchmarks.step_profile`). `--torch` times `benchmarks.torch_step`, the
-same step in plain PyTorch, in the same rounds.
+(`benchmarks.step_profile`). `--ab` only times the code before the 4-ary
+top-k and the grouped projection against now, pair by pair in the same
+rounds (`before_code`). `--torch` times `benchmarks.torch_step`, the same
+step in plain PyTorch, in the same rounds.
 """
 
 import atexit
+import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -308,6 +312,99 @@ def format_topk(rows) -> str:
   return "\n".join(out)
 
 
+# ------------------------------------------------------------------- A/B
+
+
+@contextlib.contextmanager
+def before_code():
+  """Traces as the code did before the 4-ary search and the grouped
+  projection: `reference_topk_mask` (a 31-step bisection on whole rows)
+  everywhere and one search per matrix. Only what is traced inside it."""
+  saved = sparsity.topk_mask, sparsity.project
+  sparsity.topk_mask = sparsity.reference_topk_mask
+  sparsity.project = functools.partial(saved[1], grouped=False)
+  try:
+    yield
+  finally:
+    sparsity.topk_mask, sparsity.project = saved
+
+
+def _compiled(f, *args):
+  """A runner of f compiled now (so inside `before_code` if called there)."""
+  return _runner(jax.jit(f).lower(*args).compile(), *args)
+
+
+def _same_bits(a, b) -> bool:
+  return all(bool(np.array_equal(np.asarray(x), np.asarray(y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def ab_bench(config, with_torch=False, rounds=7) -> dict:
+  """Before (`before_code`) and now, timed in the same interleaved rounds:
+  the train step, the weight projection alone and AbsTopK on this config's
+  activation rows; and whether one step from the same state gives the same
+  bits."""
+  device = jax.devices()[0]
+  with before_code():
+    old = _Stepper(config, device)
+  new = _Stepper(config, device)
+  old.run(1)
+  new.run(1)
+  same = _same_bits((old.params, old.opt), (new.params, new.opt))
+  pairs = {"train step": (old.run, new.run)}
+  plan = new.setup.plan
+  if plan is not None:
+    params = jax.tree.map(jnp.copy, new.params)  # the step donates its own
+
+    def projection():
+      return _compiled(lambda p: sparsity.project(p, plan, new.step), params)
+    with before_code():
+      before = projection()
+    pairs[f"weight projection, {len(plan.matrices)} matrices"] = (
+        before, projection())
+  cfg = new.setup.cfg
+  n_rows = config.train.batch_size * config.model.block_size
+  for width in sorted({cfg.d_model, cfg.d_mlp}):
+    x = jax.random.normal(jax.random.key(1), (n_rows, width))
+    k = int((config.model.afrac or 0.25) * width)
+
+    def abs_topk():
+      return _compiled(lambda x: model_lib.abs_topk(x, k), x)
+    with before_code():
+      before = abs_topk()
+    pairs[f"AbsTopK {n_rows} x {width}, keep {k}"] = (before, abs_topk())
+  contenders = {}
+  for name, (b, a) in pairs.items():
+    contenders[name + ", before"] = b
+    contenders[name + ", now"] = a
+  if with_torch:
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    for n in sorted({1, os.cpu_count() or 1}):
+      contenders[f"torch step, {n} thread{'s' * (n > 1)}"] = torch_step.TorchStep(
+          config, plan, threads=n).run
+  t = race(contenders, rounds=rounds)
+  return dict(times=t, pairs=list(pairs), same_bits=same)
+
+
+def format_ab(r) -> str:
+  t = r["times"]
+  rows = [f"{'':<40}{'before ms':>10}{'now ms':>10}{'speed-up':>10}"]
+  for name in r["pairs"]:
+    b, a = t[name + ", before"], t[name + ", now"]
+    rows.append(f"  {name:<38}{1e3 * b:>10.2f}{1e3 * a:>10.2f}{b / a:>9.2f}x")
+  torch = {k: v for k, v in t.items() if k.startswith("torch")}
+  if torch:
+    best = min(torch.values())
+    for k, v in torch.items():
+      rows.append(f"  {k:<38}{1e3 * v:>10.2f}")
+    rows.append(f"  {'ours / faster torch (tokens/s)':<38}"
+                f"{best / t['train step, before']:>9.2f}x"
+                f"{best / t['train step, now']:>9.2f}x  (target >= 1.5x)")
+  rows.append("  one step from the same state, before vs now: "
+              + ("the same bits" if r["same_bits"] else "DIFFERENT BITS"))
+  return "\n".join(rows)
+
+
 # ------------------------------------------------------------------ prune
 
 
@@ -430,11 +527,15 @@ def format_prune(r) -> str:
 
 
 def run(config, workdir=None, *, with_torch=False, topk=False,
-        prune_too=True, rounds=7, shares=True, profile=0):
+        prune_too=True, rounds=7, shares=True, profile=0, ab=False):
   """The train figures (and the profile, top-k and prune lines), printed."""
   if workdir and not os.path.isdir(workdir):
     workdir = None
   out = {}
+  if ab:
+    out["ab"] = ab_bench(config, with_torch=with_torch, rounds=rounds)
+    print(format_ab(out["ab"]), flush=True)
+    return out
   if profile:
     from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
     s = _Stepper(config, jax.devices()[0])
@@ -477,6 +578,11 @@ def main():
   profile_flag = flags.DEFINE_integer(
       "profile", 0, "First profile this many steps (jax.profiler trace) "
       "and print where the step's time goes (benchmarks.step_profile).", 0)
+  ab_flag = flags.DEFINE_bool(
+      "ab", False, "Only time the code before the 4-ary top-k search and "
+      "the grouped projection against now (`before_code`), pair by pair in "
+      "the same rounds (and --torch), and check one step gives the same "
+      "bits.")
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "A run's workdir: its data feeds the pipeline figure "
       "and its checkpoint the prune figure (default: a small fresh corpus, a "
@@ -491,7 +597,7 @@ def main():
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
         topk=topk_flag.value, prune_too=prune_flag.value,
         rounds=rounds_flag.value, shares=shares_flag.value,
-        profile=profile_flag.value)
+        profile=profile_flag.value, ab=ab_flag.value)
   app.run(_main)
 
 

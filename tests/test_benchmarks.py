@@ -89,3 +89,18 @@ def test_step_profile_of_a_small_step():
   prof = sp.profile(compiled, run, 2, vocab=2048)
   assert prof["matmuls fwd"] > 0 and prof["wall"] > 0
   assert "by kind" in sp.format_profile(prof, 2)
+
+
+@pytest.mark.slow  # two train steps and six programs compiled: ~1 min
+def test_ab_bench_times_before_and_now_and_they_give_the_same_bits():
+  """`--ab`: the code before (`before_code`, restored after) and now, one
+  step from the same state giving the same bits."""
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  topk, project = sparsity.topk_mask, sparsity.project
+  with step_bench.before_code():
+    assert sparsity.topk_mask is sparsity.reference_topk_mask
+  assert (sparsity.topk_mask, sparsity.project) == (topk, project)
+  r = step_bench.ab_bench(config_lib.base_config("micro"), rounds=1)
+  assert r["same_bits"], r
+  assert all(r["times"][p + ", now"] > 0 for p in r["pairs"])
+  assert "the same bits" in step_bench.format_ab(r)
