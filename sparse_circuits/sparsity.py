@@ -7,11 +7,12 @@ or channel) and returns the update that lands there. Its step counter lives in
 the optimizer state, so it is sharded and checkpointed with everything else,
 and "parameters are sparse after every step" cannot be forgotten.
 
-Top-k method, chosen by measurement (see `topk_mask`): a bisection on the
-float bit pattern with a tie-break, which takes a traced k (k changes every
-step while pfrac anneals, and `lax.top_k` needs a static one), keeps exactly
-k with ties going to the lower flat index, and is built from global
-reductions, hence correct on a matrix sharded across devices.
+Top-k method, chosen by measurement (see `topk_mask`): a 4-ary search on
+the float bit pattern with a tie-break, which takes a traced k (k changes
+every step while pfrac anneals, and `lax.top_k` needs a static one), keeps
+exactly k with ties going to the lower flat index, and is built from global
+reductions, hence correct on a matrix sharded across devices. The model's
+AbsTopK uses the same `topk_mask` on its activation rows.
 """
 
 import dataclasses
