@@ -23,8 +23,8 @@ vectorised sweep (8 settings in one program vs 1). `--profile=N` first
 traces N steps and prints the time of each kind of XLA operation
 (`benchmarks.step_profile`). `--ab` only times the code before the 4-ary
 top-k and the grouped projection against now, pair by pair in the same
-rounds (`before_code`). `--torch` times `benchmarks.torch_step`, the same
-step in plain PyTorch, in the same rounds.
+rounds (`before_code`; with --profile, profiles both first). `--torch` times
+`benchmarks.torch_step`, the same step in plain PyTorch, in the same rounds.
 """
 
 import atexit
@@ -532,17 +532,21 @@ def run(config, workdir=None, *, with_torch=False, topk=False,
   if workdir and not os.path.isdir(workdir):
     workdir = None
   out = {}
+  if profile:  # with --ab: the code before too
+    from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+    for name, code in ((("before", before_code),) if ab else ()) + (
+        ("now", contextlib.nullcontext),):
+      with code():
+        s = _Stepper(config, jax.devices()[0])
+      out["profile " + name] = step_profile.profile(
+          s.step_fn, s.run, profile, config.model.vocab_size)
+      print(f"{name}: " + step_profile.format_profile(out["profile " + name],
+                                                      profile), flush=True)
+      del s
   if ab:
     out["ab"] = ab_bench(config, with_torch=with_torch, rounds=rounds)
     print(format_ab(out["ab"]), flush=True)
     return out
-  if profile:
-    from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
-    s = _Stepper(config, jax.devices()[0])
-    out["profile"] = step_profile.profile(s.step_fn, s.run, profile,
-                                          config.model.vocab_size)
-    print(step_profile.format_profile(out["profile"], profile), flush=True)
-    del s
   r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds,
                   shares=shares)
   print(format_train(config, r), flush=True)
