@@ -161,7 +161,8 @@ _CHUNK = 512  # entries per packed count: 3 fields of 10 bits hold 0..1023
 def _count3(bits, t1, t2, t3):
   """count(bits >= t1), (>= t2), (>= t3) along the last axis in one read:
   each entry adds 1 + 2**10 + 2**20 times its tests to an int32 sum over
-  chunks of <= 1023 entries, whose three fields are then summed apart."""
+  the row (below 1024 entries) or over chunks of _CHUNK, whose three 10-bit
+  fields are then summed apart."""
   v = ((bits >= t1).astype(jnp.int32) + ((bits >= t2).astype(jnp.int32) << 10)
        + ((bits >= t3).astype(jnp.int32) << 20))
   n = bits.shape[-1]
