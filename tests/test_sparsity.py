@@ -161,16 +161,18 @@ def test_grouped_projection_equals_per_matrix_masks():
   assert len({math.prod(m.shape) for m in plan.matrices}) < len(plan.matrices)
   flat = {S.path_str(p): w for p, w in
           jax.tree_util.tree_flatten_with_path(params)[0]}
+  grouped_fn = jax.jit(lambda p, s: S.project(p, plan, s))
+  each_fn = jax.jit(lambda p, s: S.project(p, plan, s, grouped=False))
   for step in (jnp.int32(100), jnp.int32(plan.schedule.end_step)):
-    grouped = jax.jit(lambda p, s: S.project(p, plan, s))(params, step)
-    each = jax.jit(lambda p, s: S.project(p, plan, s, grouped=False))(params,
-                                                                      step)
+    grouped, each = grouped_fn(params, step), each_fn(params, step)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(
         np.asarray(a), np.asarray(b)), grouped, each)
     got = {S.path_str(p): w for p, w in
            jax.tree_util.tree_flatten_with_path(grouped)[0]}
+    want = jax.jit(lambda f, s: {m.path: S.matrix_mask(
+        f[m.path], plan.k_at(m, s), m.protect_axis, plan.min_per_neuron)
+                                 for m in plan.matrices})(flat, step)
     for m in plan.matrices:
-      want = S.matrix_mask(flat[m.path], plan.k_at(m, step), m.protect_axis,
-                           plan.min_per_neuron)
       np.testing.assert_array_equal(np.asarray(got[m.path] != 0),
-                                    np.asarray(want & (flat[m.path] != 0)))
+                                    np.asarray(want[m.path] &
+                                               (flat[m.path] != 0)))
