@@ -14,16 +14,22 @@ alone / step; activation top-k = 1 - step(afrac = 0) / step; input pipeline
 = step fed from `data.train_iterator` / step on an in-memory batch - 1.
 
 `--noshares` times the step alone (to compare configs quickly). `--topk`
-compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the
-bisection of `sparsity.topk_mask` on the weight projection and on the
-activation rows of this config. `--prune` times mask training plus the k
-search for one task (`prune.prune_task`; a random model and a synthetic task
-unless --workdir holds a trained run) and the vectorised sweep (8 settings
-in one program vs 1). `--torch` times `benchmarks.torch_step`, the same step
-in plain PyTorch, in the same rounds.
+compares `lax.top_k` + scatter (and `lax.approx_max_k`) with the 4-ary
+search of `sparsity.topk_mask` (and the bisection it replaced) on the weight
+projection and on the activation rows of this config. `--prune` times mask
+training plus the k search for one task (`prune.prune_task`; a random model
+and a synthetic task unless --workdir holds a trained run) and the
+vectorised sweep (8 settings in one program vs 1). `--profile=N` first
+traces N steps and prints the time of each kind of XLA operation
+(`benchmarks.step_profile`). `--ab` only times the code before the 4-ary
+top-k and the grouped projection against now, pair by pair in the same
+rounds (`before_code`; with --profile, profiles both first). `--torch` times
+`benchmarks.torch_step`, the same step in plain PyTorch, in the same rounds.
 """
 
 import atexit
+import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -237,7 +243,8 @@ def _approx_topk_mask(score, k):
   return sparsity.mask_at(jax.lax.approx_max_k(score, k)[1], score.shape)
 
 
-METHODS = {"bisection (topk_mask)": sparsity.topk_mask,
+METHODS = {"4-ary search (topk_mask)": sparsity.topk_mask,
+           "bisection (reference)": sparsity.reference_topk_mask,
            "lax.top_k + scatter": sparsity.lax_topk_mask,
            "approx_max_k + scatter": _approx_topk_mask}
 
@@ -303,6 +310,99 @@ def format_topk(rows) -> str:
     out.append(f"{what:<42}{method:<26}{fwd:>9.2f}{b}  "
                f"{'yes' if exact else 'NO'}")
   return "\n".join(out)
+
+
+# ------------------------------------------------------------------- A/B
+
+
+@contextlib.contextmanager
+def before_code():
+  """Traces as the code did before the 4-ary search and the grouped
+  projection: `reference_topk_mask` (a 31-step bisection on whole rows)
+  everywhere and one search per matrix. Only what is traced inside it."""
+  saved = sparsity.topk_mask, sparsity.project
+  sparsity.topk_mask = sparsity.reference_topk_mask
+  sparsity.project = functools.partial(saved[1], grouped=False)
+  try:
+    yield
+  finally:
+    sparsity.topk_mask, sparsity.project = saved
+
+
+def _compiled(f, *args):
+  """A runner of f compiled now (so inside `before_code` if called there)."""
+  return _runner(jax.jit(f).lower(*args).compile(), *args)
+
+
+def _same_bits(a, b) -> bool:
+  return all(bool(np.array_equal(np.asarray(x), np.asarray(y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def ab_bench(config, with_torch=False, rounds=7) -> dict:
+  """Before (`before_code`) and now, timed in the same interleaved rounds:
+  the train step, the weight projection alone and AbsTopK on this config's
+  activation rows; and whether one step from the same state gives the same
+  bits."""
+  device = jax.devices()[0]
+  with before_code():
+    old = _Stepper(config, device)
+  new = _Stepper(config, device)
+  old.run(1)
+  new.run(1)
+  same = _same_bits((old.params, old.opt), (new.params, new.opt))
+  pairs = {"train step": (old.run, new.run)}
+  plan = new.setup.plan
+  if plan is not None:
+    params = jax.tree.map(jnp.copy, new.params)  # the step donates its own
+
+    def projection():
+      return _compiled(lambda p: sparsity.project(p, plan, new.step), params)
+    with before_code():
+      before = projection()
+    pairs[f"weight projection, {len(plan.matrices)} matrices"] = (
+        before, projection())
+  cfg = new.setup.cfg
+  n_rows = config.train.batch_size * config.model.block_size
+  for width in sorted({cfg.d_model, cfg.d_mlp}):
+    x = jax.random.normal(jax.random.key(1), (n_rows, width))
+    k = int((config.model.afrac or 0.25) * width)
+
+    def abs_topk():
+      return _compiled(lambda x: model_lib.abs_topk(x, k), x)
+    with before_code():
+      before = abs_topk()
+    pairs[f"AbsTopK {n_rows} x {width}, keep {k}"] = (before, abs_topk())
+  contenders = {}
+  for name, (b, a) in pairs.items():
+    contenders[name + ", before"] = b
+    contenders[name + ", now"] = a
+  if with_torch:
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    for n in sorted({1, os.cpu_count() or 1}):
+      contenders[f"torch step, {n} thread{'s' * (n > 1)}"] = torch_step.TorchStep(
+          config, plan, threads=n).run
+  t = race(contenders, rounds=rounds)
+  return dict(times=t, pairs=list(pairs), same_bits=same)
+
+
+def format_ab(r) -> str:
+  t = r["times"]
+  rows = [f"{'':<40}{'before ms':>10}{'now ms':>10}{'speed-up':>10}"]
+  for name in r["pairs"]:
+    b, a = t[name + ", before"], t[name + ", now"]
+    rows.append(f"  {name:<38}{1e3 * b:>10.2f}{1e3 * a:>10.2f}{b / a:>9.2f}x")
+  torch = {k: v for k, v in t.items() if k.startswith("torch")}
+  if torch:
+    best = min(torch.values())
+    for k, v in torch.items():
+      rows.append(f"  {k:<38}{1e3 * v:>10.2f}")
+    rows.append(f"  {'ours / faster torch (tokens/s)':<38}"
+                f"{best / t['train step, before']:>9.2f}x"
+                f"{best / t['train step, now']:>9.2f}x  (target >= 1.5x)")
+  rows.append("  one step from the same state, before vs now: "
+              + ("the same bits" if r["same_bits"] else "DIFFERENT BITS"))
+  return "\n".join(rows)
 
 
 # ------------------------------------------------------------------ prune
@@ -427,14 +527,30 @@ def format_prune(r) -> str:
 
 
 def run(config, workdir=None, *, with_torch=False, topk=False,
-        prune_too=True, rounds=7, shares=True):
-  """The train figures (and the top-k and prune lines), printed."""
+        prune_too=True, rounds=7, shares=True, profile=0, ab=False):
+  """The train figures (and the profile, top-k and prune lines), printed."""
   if workdir and not os.path.isdir(workdir):
     workdir = None
+  out = {}
+  if profile:  # with --ab: the code before too
+    from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+    for name, code in ((("before", before_code),) if ab else ()) + (
+        ("now", contextlib.nullcontext),):
+      with code():
+        s = _Stepper(config, jax.devices()[0])
+      out["profile " + name] = step_profile.profile(
+          s.step_fn, s.run, profile, config.model.vocab_size)
+      print(f"{name}: " + step_profile.format_profile(out["profile " + name],
+                                                      profile), flush=True)
+      del s
+  if ab:
+    out["ab"] = ab_bench(config, with_torch=with_torch, rounds=rounds)
+    print(format_ab(out["ab"]), flush=True)
+    return out
   r = train_bench(config, workdir, with_torch=with_torch, rounds=rounds,
                   shares=shares)
   print(format_train(config, r), flush=True)
-  out = {"train": r}
+  out["train"] = r
   if topk:
     rows = topk_bench(config)
     print(format_topk(rows), flush=True)
@@ -463,6 +579,14 @@ def main():
       "shares", True, "Also time the step with afrac 0, the weight top-k "
       "alone and the step on real data (the shares); --noshares times the "
       "step alone.")
+  profile_flag = flags.DEFINE_integer(
+      "profile", 0, "First profile this many steps (jax.profiler trace) "
+      "and print where the step's time goes (benchmarks.step_profile).", 0)
+  ab_flag = flags.DEFINE_bool(
+      "ab", False, "Only time the code before the 4-ary top-k search and "
+      "the grouped projection against now (`before_code`), pair by pair in "
+      "the same rounds (and --torch), and check one step gives the same "
+      "bits.")
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "A run's workdir: its data feeds the pipeline figure "
       "and its checkpoint the prune figure (default: a small fresh corpus, a "
@@ -476,7 +600,8 @@ def main():
     config_lib.validate(cfg_flag.value)
     run(cfg_flag.value, workdir_flag.value, with_torch=torch_flag.value,
         topk=topk_flag.value, prune_too=prune_flag.value,
-        rounds=rounds_flag.value, shares=shares_flag.value)
+        rounds=rounds_flag.value, shares=shares_flag.value,
+        profile=profile_flag.value, ab=ab_flag.value)
   app.run(_main)
 
 

@@ -121,7 +121,8 @@ class _Sites:
     cfg = self.cfg
     afrac_site = _AFRAC_AT.get(sites_lib.split(name)[1])
     if afrac_site and cfg.afrac > 0 and afrac_site in cfg.afrac_sites:
-      x = abs_topk(x, int(cfg.afrac * x.shape[-1]), cfg.topk_impl)
+      with jax.named_scope(f"abs_topk[{name}]"):  # a profile's label
+        x = abs_topk(x, int(cfg.afrac * x.shape[-1]), cfg.topk_impl)
     if name in self.interventions:
       iv = self.interventions[name]
       if "mask" in iv:
@@ -272,7 +273,8 @@ class GPT(nnx.Module):
     logits_BxLxV = self.lm_head(self.ln_f(x_BxLxD)).astype(jnp.float32)
     logits_BxLxV = logits_BxLxV + self.final_logits_bias[...]
     if cfg.bigram_table:
-      logits_BxLxV = logits_BxLxV + self.bigram_table[...][tokens_BxL]
+      with jax.named_scope("bigram_table"):
+        logits_BxLxV = logits_BxLxV + self.bigram_table[...][tokens_BxL]
     return logits_BxLxV
 
 

@@ -7,11 +7,12 @@ or channel) and returns the update that lands there. Its step counter lives in
 the optimizer state, so it is sharded and checkpointed with everything else,
 and "parameters are sparse after every step" cannot be forgotten.
 
-Top-k method, chosen by measurement (see `topk_mask`): a bisection on the
-float bit pattern with a tie-break, which takes a traced k (k changes every
-step while pfrac anneals, and `lax.top_k` needs a static one), keeps exactly
-k with ties going to the lower flat index, and is built from global
-reductions, hence correct on a matrix sharded across devices.
+Top-k method, chosen by measurement (see `topk_mask`): a 4-ary search on
+the float bit pattern with a tie-break, which takes a traced k (k changes
+every step while pfrac anneals, and `lax.top_k` needs a static one), keeps
+exactly k with ties going to the lower flat index, and is built from global
+reductions, hence correct on a matrix sharded across devices. The model's
+AbsTopK uses the same `topk_mask` on its activation rows.
 """
 
 import dataclasses
@@ -154,26 +155,45 @@ def _counter(n: int):
   return lambda b: jnp.sum(b, axis=-1, keepdims=True, dtype=jnp.int32)
 
 
-def topk_mask(score, k):
-  """True at exactly k entries of each row (last axis) of score >= 0: the
-  largest, ties going to the lower index (lax.top_k's order). k may be traced
-  and may differ per row (shape broadcastable to score.shape[:-1] + (1,)).
+_CHUNK = 512  # entries per packed count: 3 fields of 10 bits hold 0..1023
 
-  A 31-step bisection on the float bit pattern (monotonic for x >= 0),
-  between 0 and the row's maximum, finds each row's k-th largest value t.
-  Entries equal to t are kept as they are unless some row has more of them
-  than it needs (rare for t > 0 in float32); only then a second bisection,
-  over the flat index, keeps the first ones. Both are plain reductions, so a
-  row sharded across devices costs no more than one on a single device (a
-  cumulative sum here partitioned quadratically, and XLA:CPU lowers it to a
-  quadratic reduce-window even on one device). Measured on CPU: 12x faster
-  than lax.top_k + scatter on the tiny model's matrices and 5-7x on its
-  activation rows (`python -m benchmarks.step --topk`).
-  """
-  bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
-  k = jnp.asarray(k, jnp.int32)
-  n = score.shape[-1]
-  count = _counter(n)
+
+def _count3(bits, t1, t2, t3):
+  """count(bits >= t1), (>= t2), (>= t3) along the last axis in one read:
+  each entry adds 1 + 2**10 + 2**20 times its tests to an int32 sum over
+  the row (below 1024 entries) or over chunks of _CHUNK, whose three 10-bit
+  fields are then summed apart."""
+  v = ((bits >= t1).astype(jnp.int32) + ((bits >= t2).astype(jnp.int32) << 10)
+       + ((bits >= t3).astype(jnp.int32) << 20))
+  n = bits.shape[-1]
+  if n < 1024:
+    s = jnp.sum(v, axis=-1, keepdims=True)
+  else:
+    v = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, -n % _CHUNK)])
+    s = jnp.sum(v.reshape(*v.shape[:-1], -1, _CHUNK), axis=-1)
+  return [jnp.sum((s >> f) & 1023, axis=-1, keepdims=True) for f in (0, 10, 20)]
+
+
+def _threshold4(bits, k):
+  """The largest t in [0, max] with count(bits >= t) >= k (clamped to the
+  row's maximum, +inf at most), per row: t's bits are found from the top,
+  bit 30 alone and then two at a time, 16 passes over the row."""
+  count = _counter(bits.shape[-1])
+  t = jnp.where(count(bits >= 1 << 30) >= k, 1 << 30, 0).astype(jnp.int32)
+
+  def body(i, t):
+    b = 28 - 2 * i  # this pass decides bits b+1 and b of t
+    c = _count3(bits, t + (1 << b), t + (2 << b), t + (3 << b))
+    return t + (sum((x >= k).astype(jnp.int32) for x in c) << b)
+
+  t = jax.lax.fori_loop(0, 15, body, t)
+  return jnp.minimum(t, jnp.minimum(jnp.max(bits, axis=-1, keepdims=True),
+                                    0x7F800000))
+
+
+def _threshold2(bits, k):
+  """`_threshold4` by a 31-step bisection (the reference)."""
+  count = _counter(bits.shape[-1])
 
   def body(_, lohi):  # invariant: count(>= lo) >= k > count(>= hi)
     lo, hi = lohi
@@ -182,7 +202,15 @@ def topk_mask(score, k):
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
   top = jnp.minimum(jnp.max(bits, axis=-1, keepdims=True), 0x7F800000)
-  lo, _ = jax.lax.fori_loop(0, 31, body, (jnp.zeros_like(top), top + 1))
+  return jax.lax.fori_loop(0, 31, body, (jnp.zeros_like(top), top + 1))[0]
+
+
+def _select(bits, k, threshold):
+  """True at exactly k entries per row: those above the row's threshold and
+  the first of those equal to it."""
+  count = _counter(bits.shape[-1])
+  n = bits.shape[-1]
+  lo = threshold(bits, k)
   gt, eq = bits > lo, bits == lo
   need = k - count(gt)
 
@@ -203,27 +231,96 @@ def topk_mask(score, k):
                       lambda _: gt | eq, None)
 
 
+def _bits(score):
+  """float32 bits as int32, which order as the floats do for x >= 0; -0.0
+  (and any negative score) counts as 0.0."""
+  bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
+  return jnp.maximum(bits, 0)
+
+
+# Entries per block of rows searched in turn, by backend. On CPU 2**16
+# float32 (256 KB) stay in L2 through all 16 passes, where a search over the
+# whole tensor went to memory each pass: 1.8-2.4x on the tiny model's 4096
+# rows of 128 and 512 (the 4-ary search alone: 1.4x). Not on GPU/TPU, where a
+# loop over blocks would serialise the chip.
+_BLOCK = {"cpu": 2 ** 16}
+
+
+def topk_mask(score, k):
+  """True at exactly k entries of each row (last axis) of score >= 0: the
+  largest, ties going to the lower index (lax.top_k's order). k may be traced
+  and may differ per row (shape broadcastable to score.shape[:-1] + (1,)).
+
+  Each row's k-th largest value t comes from a search on the float bit
+  pattern (monotonic for x >= 0): 4-ary, two bits of t per pass over the
+  row, each pass counting against three thresholds in one read (16 passes;
+  a bisection took 31). Entries equal to t are kept as they are unless some
+  row has more of them than it needs (rare for t > 0 in float32); only then
+  a bisection over the flat index keeps the first ones. All are plain
+  reductions, so a row sharded across devices costs no more than one on a
+  single device (a cumulative sum here partitioned quadratically). On CPU,
+  rows run in blocks that stay in cache. The same bits as
+  `reference_topk_mask` (tests/test_sparsity.py); `python -m benchmarks.step
+  --topk` compares it with lax.top_k.
+  """
+  bits = _bits(score)
+  shape, n = bits.shape, bits.shape[-1]
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), shape[:-1] + (1,))
+  rows = math.prod(shape[:-1])
+  per = max(1, _BLOCK.get(jax.default_backend(), 0) // n)
+  if rows <= per or rows % per:
+    return _select(bits, k, _threshold4)
+  blocks = [x.reshape(rows // per, per, x.shape[-1]) for x in (bits, k)]
+  return jax.lax.map(lambda bk: _select(*bk, _threshold4),
+                     blocks).reshape(shape)
+
+
+def reference_topk_mask(score, k):
+  """`topk_mask` by a 31-step bisection over whole rows (for tests)."""
+  bits = _bits(score)
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), bits.shape[:-1] + (1,))
+  return _select(bits, k, _threshold2)
+
+
+def _score(w, protect_axis=None, n_protect=4):
+  """|w| with its neurons' protected top entries raised to +inf."""
+  score = jnp.abs(w).astype(jnp.float32)
+  if protect_axis is None:
+    return score
+  return jnp.where(_protect_mask(score, protect_axis, n_protect), jnp.inf,
+                   score)
+
+
 def matrix_mask(w, k, protect_axis=None, n_protect=4):
   """Exactly k entries of matrix w: its neurons' protected top entries
   first, then the largest |w| of the whole matrix."""
-  score = jnp.abs(w).astype(jnp.float32)
-  if protect_axis is not None:
-    score = jnp.where(_protect_mask(score, protect_axis, n_protect), jnp.inf,
-                      score)
+  score = _score(w, protect_axis, n_protect)
   return topk_mask(score.reshape(1, -1), k).reshape(w.shape)
 
 
-def project(params, plan: Plan, step):
-  """Parameters with every planned matrix cut to its scheduled k at `step`."""
-  plans = plan.by_path()
+def project(params, plan: Plan, step, grouped: bool = True):
+  """Parameters with every planned matrix cut to its scheduled k at `step`.
+
+  `grouped`: matrices of one size are rows of one `topk_mask` (its rows are
+  independent, so the masks are `matrix_mask`'s): 5 searches instead of 11
+  for the tiny model, each pass over all of a group at once."""
+  flat = {path_str(p): w for p, w in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  groups = {}
+  for m in plan.matrices:
+    groups.setdefault(math.prod(m.shape) if grouped else m.path, []).append(m)
+  masks = {}
+  with jax.named_scope("weight_projection"):  # a profile's label
+    for ms in groups.values():
+      scores = jnp.stack([_score(flat[m.path], m.protect_axis,
+                                 plan.min_per_neuron).reshape(-1) for m in ms])
+      ks = jnp.stack([plan.k_at(m, step) for m in ms])[:, None]
+      for m, mask in zip(ms, topk_mask(scores, ks)):
+        masks[m.path] = mask.reshape(m.shape)
 
   def one(path, w):
-    m = plans.get(path_str(path))
-    if m is None:
-      return w
-    mask = matrix_mask(w, plan.k_at(m, step), m.protect_axis,
-                       plan.min_per_neuron)
-    return jnp.where(mask, w, jnp.zeros((), w.dtype))
+    mask = masks.get(path_str(path))
+    return w if mask is None else jnp.where(mask, w, jnp.zeros((), w.dtype))
 
   return jax.tree_util.tree_map_with_path(one, params)
 

@@ -3,9 +3,9 @@
 `abs_topk(x, k)` keeps exactly the k largest |x| of every row (last axis),
 ties going to the lower index, bit for bit as `model.abs_topk` with
 `sparsity.topk_mask` does. Why a kernel: on a GPU, XLA makes `lax.top_k` a
-full sort for k above 16-256, and the bisection of `sparsity.topk_mask` is
-31 passes over the activation through HBM; this kernel reads a block of rows
-once, runs the same bisection on the float bit pattern in registers and
+full sort for k above 16-256, and the search of `sparsity.topk_mask` is
+16 passes over the activation through HBM; this kernel reads a block of rows
+once, runs a bisection on the float bit pattern in registers and
 writes the masked rows once (docs/results.md, "The AbsTopK kernel").
 
 Per row: the bits of |x| as an int32 (for bfloat16 the 16-bit pattern, so 15

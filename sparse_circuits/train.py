@@ -198,8 +198,9 @@ def make_train_step(setup: Setup):
       (loss, aux), grads = grad_fn(params, batch, frozen, step)
     else:
       loss, aux, grads = accumulate(params, batch, frozen, step)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    with jax.named_scope("optimizer"):  # a profile's label
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g))
                              for g in jax.tree.leaves(grads)))
     metrics = dict(loss=loss, grad_norm=grad_norm, lr=setup.lr_fn(step))

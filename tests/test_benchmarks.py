@@ -60,3 +60,47 @@ def test_bench_is_no_longer_a_mode():
   import sparse_circuits  # pylint: disable=g-import-not-at-top
   pkg = os.path.dirname(sparse_circuits.__file__)
   assert not [f for f in os.listdir(pkg) if f.startswith("bench")]
+
+
+def test_step_profile_labels_and_self_times():
+  from benchmarks import step_profile as sp  # pylint: disable=g-import-not-at-top
+  assert sp.label("fusion", "f32[64,64,512]",
+                  ["jit(f)/jvp(abs_topk[0.mlp.post_act])/while"], 2048) == (
+                      "AbsTopK 0.mlp.post_act fwd")
+  assert sp.label("dot", "f32[128,512]", ["jit(f)/transpose(jvp())/dot"],
+                  2048) == "matmuls bwd"
+  assert sp.label("fusion", "f32[2048,2048]", ["jit(f)/optimizer/mul"],
+                  2048) == "Adam etc., bigram table"
+  # a loop (0-10) enclosing two ops: its self time is its loop control
+  assert sorted(sp._self_times([("w", 0, 10), ("a", 1, 4), ("b", 5, 9)])) == [
+      ("a", 3), ("b", 4), ("w", 3)]
+
+
+def test_step_profile_of_a_small_step():
+  from benchmarks import step_profile as sp  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+  a = jnp.ones((256, 256))
+  compiled = f.lower(a).compile()
+
+  def run(k):
+    for _ in range(k):
+      out = compiled(a)
+    jax.block_until_ready(out)
+  prof = sp.profile(compiled, run, 2, vocab=2048)
+  assert prof["matmuls fwd"] > 0 and prof["wall"] > 0
+  assert "by kind" in sp.format_profile(prof, 2)
+
+
+@pytest.mark.slow  # two train steps and six programs compiled: ~1 min
+def test_ab_bench_times_before_and_now_and_they_give_the_same_bits():
+  """`--ab`: the code before (`before_code`, restored after) and now, one
+  step from the same state giving the same bits."""
+  from sparse_circuits import sparsity  # pylint: disable=g-import-not-at-top
+  topk, project = sparsity.topk_mask, sparsity.project
+  with step_bench.before_code():
+    assert sparsity.topk_mask is sparsity.reference_topk_mask
+  assert (sparsity.topk_mask, sparsity.project) == (topk, project)
+  r = step_bench.ab_bench(config_lib.base_config("micro"), rounds=1)
+  assert r["same_bits"], r
+  assert all(r["times"][p + ", now"] > 0 for p in r["pairs"])
+  assert "the same bits" in step_bench.format_ab(r)

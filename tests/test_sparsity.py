@@ -1,5 +1,6 @@
 """Exact top-k masks, protection, plans and schedules."""
 
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,44 @@ def test_topk_mask_zero_rows_and_traced_k():
   f = jax.jit(lambda s, k: S.topk_mask(s, k))
   m = np.asarray(f(jnp.zeros((1, 10)), jnp.int32(3)))
   np.testing.assert_array_equal(m[0], [True] * 3 + [False] * 7)
+
+
+def _random_scores(rng, shape):
+  """|normal| with exact ties, zeros, -0.0 and whole rows equal."""
+  x = np.abs(rng.normal(size=shape)).astype(np.float32)
+  flat = x.reshape(-1, shape[-1])
+  flat[::4] = np.round(flat[::4] * 2) / 2          # many ties, zeros among them
+  flat[1::5, ::3] = -0.0
+  flat[2::7] = 0.75                                  # all equal
+  if len(flat) > 3:
+    flat[3] = 0.0
+  return x
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (64, 128), (4096, 128), (2, 8, 512),
+                                   (512, 512), (3, 1500), (2, 4096)])
+def test_topk_mask_equals_the_bisection_bit_for_bit(shape):
+  """The 4-ary search (in blocks of rows on CPU) keeps the same entries as
+  the 31-step bisection on whole rows, for every k from 0 to the width."""
+  rng = np.random.default_rng(sum(shape))
+  n = shape[-1]
+  x = jnp.asarray(_random_scores(rng, shape))
+  new, ref = jax.jit(S.topk_mask), jax.jit(S.reference_topk_mask)
+  for k in sorted({0, 1, 2, n // 4, n // 2, n - 1, n}):
+    np.testing.assert_array_equal(np.asarray(new(x, k)), np.asarray(ref(x, k)),
+                                  err_msg=f"k={k}")
+  ks = jnp.asarray(rng.integers(0, n + 1, shape[:-1] + (1,)), jnp.int32)
+  got = np.asarray(new(x, ks))
+  np.testing.assert_array_equal(got, np.asarray(ref(x, ks)))
+  np.testing.assert_array_equal(got.sum(-1, keepdims=True), np.asarray(ks))
+
+
+def test_topk_mask_keeps_k_of_negative_and_signed_zero_scores():
+  """-0.0 and negative scores count as 0.0: k of them, the first ones."""
+  x = jnp.asarray([[-0.0] * 6, [-1.0, 2.0, -0.0, 0.0, -3.0, 0.5]])
+  for f in (S.topk_mask, S.reference_topk_mask):
+    np.testing.assert_array_equal(np.asarray(f(x, 3)), [
+        [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 1]])
 
 
 def test_matrix_mask_protects_four_per_neuron():
@@ -106,3 +145,34 @@ def test_topk_mask_on_a_sharded_matrix_matches_one_device():
                      cwd=os.path.dirname(os.path.dirname(__file__)),
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+def test_grouped_projection_equals_per_matrix_masks():
+  """Matrices of one size searched together keep what each searched alone
+  keeps, while annealing (k differs per matrix) and after, ties included."""
+  from sparse_circuits import config_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import model as model_lib  # pylint: disable=g-import-not-at-top
+  from sparse_circuits import runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config("tiny")
+  cfg = model_lib.ModelConfig.from_config(config.model)
+  params = model_lib.init_params(cfg, 0)
+  params = jax.tree.map(lambda w: jnp.round(w * 50) / 50, params)  # ties
+  plan = runs.sparsity_plan(config, params)
+  assert len({math.prod(m.shape) for m in plan.matrices}) < len(plan.matrices)
+  flat = {S.path_str(p): w for p, w in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  grouped_fn = jax.jit(lambda p, s: S.project(p, plan, s))
+  each_fn = jax.jit(lambda p, s: S.project(p, plan, s, grouped=False))
+  for step in (jnp.int32(100), jnp.int32(plan.schedule.end_step)):
+    grouped, each = grouped_fn(params, step), each_fn(params, step)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+        np.asarray(a), np.asarray(b)), grouped, each)
+    got = {S.path_str(p): w for p, w in
+           jax.tree_util.tree_flatten_with_path(grouped)[0]}
+    want = jax.jit(lambda f, s: {m.path: S.matrix_mask(
+        f[m.path], plan.k_at(m, s), m.protect_axis, plan.min_per_neuron)
+                                 for m in plan.matrices})(flat, step)
+    for m in plan.matrices:
+      np.testing.assert_array_equal(np.asarray(got[m.path] != 0),
+                                    np.asarray(want[m.path] &
+                                               (flat[m.path] != 0)))
