@@ -482,6 +482,7 @@ def prune_bench(config, workdir=None, n_settings=8) -> dict:
   init_fn, step_fn, _ = search.programs(cfg, sites, pc)
   bs = 2 * min(pc.batch_size, len(task.train.target) // 2)
   tokens = jnp.asarray(task.train.tokens)
+  last = search.read_positions(task.train)
   fns = {}
   for s in (1, n_settings):
     tau = jax.tree.map(lambda *x: jnp.stack(x), *[
@@ -499,7 +500,7 @@ def prune_bench(config, workdir=None, n_settings=8) -> dict:
       for _ in range(k):
         state["tau"], state["opt"], state["bad"], m = step_fn(
             state["tau"], state["opt"], state["bad"], jnp.float32(0), idx,
-            hp, tokens, *labels, params, means)
+            hp, tokens, last, *labels, params, means)
       jax.block_until_ready(m)
     fns[s] = run
   t = race(fns, rounds=5, seconds=0.3)
