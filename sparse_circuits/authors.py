@@ -302,9 +302,7 @@ def circuit_document(viz_data: Mapping, *, path: str, cfg=None,
   dims = _dims(imp, cfg)
   if dims is not None and cfg is not None:
     ours = _dims({}, cfg)
-    bad = [f"{k} {dims[k]} vs {ours[k]}" for k in ("n_layer", "d_model",
-                                                    "n_head", "d_head",
-                                                    "d_mlp")
+    bad = [f"{k} {dims[k]} vs {ours[k]}" for k in overlap_lib.SHAPE_FIELDS
            if dims[k] != ours[k]]
     if bad:
       r.fail("importances.beeg_model_config", "describes another model than "
@@ -384,12 +382,14 @@ def kept_masks(doc: dict, cfg) -> dict[str, np.ndarray]:
 def add_weight_edges(doc: dict, params, cfg, task=None, tok=None) -> dict:
   """Fills `edges`, `io_nodes` and `counts` as for our circuits: the nonzero
   weights of the model between the kept nodes (and, with a task, from its
-  input tokens and to its candidates), so that sizes compare."""
+  input tokens and to its candidates) and the connectable pairs, so that
+  sizes and densities compare."""
   io = document_lib.io_tokens(task, tok.eot_id) if task is not None else None
-  edges = document_lib.edges(params, cfg, kept_masks(doc, cfg), io)
+  edges, stats = document_lib.edges_and_counts(
+      params, cfg, kept_masks(doc, cfg), io)
   doc["edges"] = edges
   doc["io_nodes"] = document_lib.io_nodes(edges, tok)
-  doc["counts"].update(document_lib.edge_counts(edges))
+  doc["counts"].update(stats)
   if doc["counts"].get("total_nodes") is None:
     doc["counts"]["total_nodes"] = sites_lib.NodeIndex(
         sites_lib.node_sites(cfg)).n

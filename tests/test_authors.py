@@ -388,6 +388,9 @@ def test_import_circuit_adds_weight_edges_overlap_and_page(imported, tok,
                             document_lib.io_tokens(task, tok.eot_id))
   assert doc["edges"] == json.loads(json.dumps(want))
   assert doc["counts"]["edges"] == document_lib.edge_counts(want)["edges"]
+  assert doc["counts"]["pairs"] == document_lib.connectable_pairs(
+      run.params, run.cfg, authors.kept_masks(doc, run.cfg),
+      document_lib.io_tokens(task, tok.eot_id))["pairs"]
   assert {e["kind"] for e in doc["edges"]} >= {"weight", "unembedding"}
   assert doc["task_samples_eval"]["full_model"]["n"] == len(QUOTES)
   assert doc["overlap"]["shared"] == 2 and doc["overlap"]["b"]["path"] == (

@@ -146,6 +146,18 @@ def connectable_pairs(params, cfg: model_lib.ModelConfig,
   return {"pairs": sum(by_kind.values()), "pairs_by_kind": by_kind}
 
 
+def edges_and_counts(params, cfg: model_lib.ModelConfig,
+                     kept: dict[str, np.ndarray],
+                     io: dict[str, list[int]] | None = None
+                     ) -> tuple[list[dict], dict]:
+  """(`edges`, their counts as circuit.json's `counts` holds them: the
+  `edge_counts` and the `connectable_pairs`), for our circuits and
+  imported ones alike."""
+  recs = edges(params, cfg, kept, io)
+  return recs, {**edge_counts(recs),
+                **connectable_pairs(params, cfg, kept, io)}
+
+
 def io_nodes(edge_recs, tok=None) -> list[dict]:
   """The embedding and unembedding token nodes some edge touches."""
   seen = []
@@ -261,8 +273,8 @@ def document(params, cfg, task, res, means, control, tok, heldout,
   keep = res.keep
   node_recs = nodes(cfg, keep, res.tau, means, res.seed_counts)
   annotate(node_recs, params, cfg, task, tok, heldout, res.evaluator, keep)
-  io = io_tokens(task, tok.eot_id)
-  edge_recs = edges(params, cfg, keep, io)
+  edge_recs, edge_stats = edges_and_counts(params, cfg, keep,
+                                           io_tokens(task, tok.eot_id))
   losses = dict(res.losses)
   losses["random_init_control"] = None if control is None else control["loss"]
   return {
@@ -287,8 +299,7 @@ def document(params, cfg, task, res, means, control, tok, heldout,
       "nodes": node_recs,
       "io_nodes": io_nodes(edge_recs, tok),
       "edges": edge_recs,
-      "counts": {"nodes": len(node_recs), **edge_counts(edge_recs),
-                 **connectable_pairs(params, cfg, keep, io),
+      "counts": {"nodes": len(node_recs), **edge_stats,
                  "total_nodes": sites_lib.NodeIndex(sites_lib.node_sites(cfg)).n},
       "losses": losses,
       "loss_vs_k": res.loss_vs_k,
