@@ -153,14 +153,19 @@ def parse_node_id(node: str) -> tuple[str, int]:
 
 def node_masks(nodes, widths) -> dict[str, np.ndarray]:
   """{site: bool [width]} with the given node records ({"site", "index"})
-  set, for the sites of `widths` ({site: width}). Records of other sites or
-  past a site's width (an imported circuit's `final_resid` and position
-  channels) are left out."""
+  set, for the sites of `widths` ({site: width}). An imported circuit's
+  nodes that are not nodes of this model (`final_resid`, and the records
+  with a `position_channel`) are left out; any other record outside
+  `widths` raises ValueError naming it (a damaged or foreign document)."""
   out = {s: np.zeros(int(w), bool) for s, w in widths.items()}
   for n in nodes:
+    if n["site"] == FINAL_SITE or n.get("position_channel") is not None:
+      continue
     m = out.get(n["site"])
-    if m is not None and 0 <= n["index"] < len(m):
-      m[n["index"]] = True
+    if m is None or not 0 <= n["index"] < len(m):
+      raise ValueError(f"node {n['site']}:{n['index']} is not a node of "
+                       "this model")
+    m[n["index"]] = True
   return out
 
 

@@ -342,6 +342,20 @@ def _our_circuit(run, kept):
           "losses": {}}
 
 
+def test_node_masks_leave_out_what_is_not_ours_and_refuse_foreign_nodes():
+  widths = {"0.attn.q": 4, "0.attn.act_in": 8}
+  nodes = [{"site": "0.attn.q", "index": 3},
+           {"site": "0.attn.act_in", "index": 9, "position_channel": 1},
+           {"site": "final_resid", "index": 2}]
+  got = sites_lib.node_masks(nodes, widths)
+  assert got["0.attn.q"].tolist() == [False, False, False, True]
+  assert not got["0.attn.act_in"].any()
+  for bad in ({"site": "0.attn.q", "index": 4},
+              {"site": "7.mlp.post_act", "index": 0}):
+    with pytest.raises(ValueError, match="is not a node of this model"):
+      sites_lib.node_masks(nodes + [bad], widths)
+
+
 def test_overlap_by_site_and_refusal_across_models(imported):
   _, run = imported
   theirs = authors.circuit_document(_viz_data(), path="viz_data.pt")
