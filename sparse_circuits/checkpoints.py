@@ -82,7 +82,8 @@ def save(mngr, step: int, params, opt_state, config, data_iter=None,
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
       meta=ocp.args.JsonSave({"step": int(step),
-                              "config": json.loads(config.to_json())}),
+                              "config": json.loads(config.to_json()),
+                              "environment": reporting.environment()}),
       **{k: ocp.args.StandardSave(v) for k, v in (extras or {}).items()})
   if data_iter is not None:
     items["data"] = data.checkpoint_args(data_iter)

@@ -90,7 +90,7 @@ def run(config, workdir: str) -> dict:
   for name in tqdm(_paper_first(list(built)), desc="tasks", leave=False):
     results[name] = tasks_lib.evaluate_task(r.params, r.cfg, built[name].test)
   summary = {"lm_loss": lm, "step": r.step, "tasks": results,
-             "skipped": skipped}
+             "skipped": skipped, "environment": reporting.environment()}
   if jax.process_index() == 0:
     path = reporting.write_json(layout.Layout(workdir).eval_summary, summary)
     _log.info(f"eval of {workdir} at step {r.step}: held-out LM loss {lm:.4f}\n"

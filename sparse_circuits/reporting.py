@@ -6,9 +6,11 @@ and the command line shows the messages as plain lines on process 0
 (`to_console`, called by `main`).
 """
 
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import sys
 
 ROOT = "sparse_circuits"
@@ -39,6 +41,28 @@ def to_console(level: int = logging.INFO) -> None:
   logger.addHandler(handler)
   logger.setLevel(level)
   logger.propagate = False  # absl's handler on the root would repeat it
+
+
+# The packages whose versions move a run's numbers (pip does not pin them:
+# docs/results.md, "Main job", saw another package set change the figures).
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
+            "grain", "ml-collections", "tensorstore")
+
+
+def environment() -> dict:
+  """What produced a result besides its config: the interpreter, the
+  packages' versions (None if absent) and JAX's backend, for the result
+  files (checkpoint meta, eval and prune summaries, the compare's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return {"python": platform.python_version(), "packages": versions,
+          "backend": jax.default_backend(),
+          "devices": jax.device_count()}
 
 
 def write_text(path: str, text: str) -> str:

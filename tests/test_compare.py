@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -243,6 +244,16 @@ def test_decomposition_takes_the_ratio_apart():
   assert dec["headline"]["edges"] == pytest.approx(g["edges"]["ratio"])
 
 
+def test_stage_seconds_count_an_lr_trial_once(tmp_path):
+  # An LR trial's stage (lr/M/xK) times its training (train/M/xK) as well.
+  log = compare.StageLog(str(tmp_path / "stages.json"))
+  for key, seconds in (("train/d/x0.5", 10.0), ("lr/d/x0.5", 12.5),
+                       ("train/d", 100.0), ("prune/d/t", 5.25)):
+    log.record(key, "fp", seconds)
+  assert log.total_seconds() == 117.75
+  assert compare.StageLog(log.path).total_seconds() == 117.75  # re-read
+
+
 def test_config_errors_name_the_field():
   c = compare_config("smoke")
   del c.compare.models["dense_16"]
@@ -425,6 +436,7 @@ def test_smoke_summary_and_page(smoke, tiny_data):
   assert on_disk["compared_tasks"] == list(config.tasks.names)
   assert set(on_disk["models"]) == set(config.compare.models)
   assert on_disk["settings"]["tasks"]["seed"] == config.tasks.seed
+  assert on_disk["environment"]["packages"]["jax"] == jax.__version__
   _, info = tiny_data
   for name, m in on_disk["models"].items():
     wd = os.path.join(workdir, name)

@@ -5,9 +5,11 @@ tests use tiny hand-made checkpoints; the command-line tests stop before
 anything compiles, so each costs one interpreter start.
 """
 
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from sparse_circuits import errors
 from sparse_circuits import layout
 from sparse_circuits import lock
 from sparse_circuits import preemption
+from sparse_circuits import reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,6 +90,19 @@ def test_config_falls_back_past_an_unreadable_meta(tmp_path, damaged_warnings):
   assert checkpoints.load_config(str(tmp_path)).tag == 10
   assert len(damaged_warnings()) == 1
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20.damaged"]
+
+
+def test_a_checkpoint_records_the_package_versions(tmp_path):
+  # pip does not pin the packages, and another set of them moved the main
+  # job's figures: every result file says which produced it.
+  _save_steps(tmp_path, (10,))
+  with open(tmp_path / "checkpoints" / "10" / "meta" / "metadata") as f:
+    env = json.load(f)["environment"]
+  assert env == reporting.environment()
+  assert env["packages"]["jax"] == jax.__version__
+  assert env["packages"]["flax"] == importlib.metadata.version("flax")
+  assert env["python"] == platform.python_version()
+  assert env["backend"] == "cpu"
 
 
 def test_no_readable_checkpoint_is_one_error_and_moves_nothing(tmp_path):

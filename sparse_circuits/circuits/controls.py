@@ -216,4 +216,5 @@ def write_summary(workdir, plan, pc):
   return reporting.write_json(
       layout.Layout(workdir).prune_summary,
       {"min_accuracy": pc.min_accuracy, "target_loss": pc.target_loss,
-       "tasks": plan}, default=float)
+       "tasks": plan, "environment": reporting.environment()},
+      default=float)

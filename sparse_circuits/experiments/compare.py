@@ -238,6 +238,13 @@ class StageLog:
   def done(self, key: str, fp: str) -> bool:
     return self.stages.get(key, {}).get("fingerprint") == fp
 
+  def total_seconds(self) -> float:
+    """The stages' seconds added up, each counted once: an LR trial's stage
+    (lr/M/xK) holds its training's (train/M/xK). A stage that was
+    interrupted counts only the invocation that finished it."""
+    return sum(v["seconds"] for k, v in self.stages.items()
+               if not (k.startswith("train/") and "lr/" + k[6:] in self.stages))
+
   def record(self, key: str, fp: str, seconds: float):
     self.stages[key] = {"fingerprint": fp, "seconds": round(seconds, 2),
                         "finished": time.time()}
@@ -667,9 +674,9 @@ def run(config, workdir: str) -> dict:
       "num_steps": config.train.num_steps,
       "batch_size": config.train.batch_size,
       "tasks": config.tasks.to_dict(), "prune": config.prune.to_dict()}
+  summary["environment"] = reporting.environment()
   summary["seconds"] = {"this_invocation": time.perf_counter() - t0,
-                        "stages": sum(s["seconds"]
-                                      for s in log.stages.values())}
+                        "stages": log.total_seconds()}
   path = reporting.write_json(os.path.join(out_dir, "summary.json"),
                               _finite(summary), allow_nan=False)
   page = compare_page.write(summary, out_dir)
