@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import types
 
 import jax
@@ -285,6 +286,9 @@ def test_node_sets_evaluated_together_equal_each_alone():
   to 4 was 4x its work); every row equals that set evaluated alone."""
   pruner, data = _pruner(), task_data()
   assert [S.call_rows(n) for n in (1, 2, 3, 4, 5, 7)] == [1, 2, 2, 4, 4, 4]
+  # Capped by token positions: 2**16 of them hold 2 sets of 512 x 39.
+  assert [S.call_rows(n, 512 * 39) for n in (1, 2, 3, 4, 7)] == [1, 2, 2, 2, 2]
+  assert S.call_rows(4, S.EVAL_TOKENS + 1) == 1  # one set at least
   rng = np.random.default_rng(0)
   keep = rng.random((7, pruner.n_nodes)) < 0.7
   keep[:, _flat(pruner, CIRCUIT)] = True
@@ -299,6 +303,23 @@ def test_node_sets_evaluated_together_equal_each_alone():
   np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6)
   assert not np.allclose(together[0], together[1])  # the sets do differ
   assert not np.allclose(together[4], together[5])
+
+
+def test_mask_training_compiles_its_step_once_on_a_mesh(caplog):
+  # A run's parameters lie on a mesh (NamedSharding), so the step's outputs
+  # do; its first inputs must too, or the second call compiles it again.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  params = jax.device_put(hand_built_params(), jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  pruner = _pruner(params, steps=3)
+  settings = S.sweep_settings(prune_config(sweep_size=3))  # a shape of its own
+  caplog.set_level(logging.WARNING, logger="jax")
+  with jax.log_compiles(True):
+    flat, _, bad = pruner.train(task_data(), settings, progress=False)
+  compiled = [r.getMessage() for r in caplog.records
+              if "Finished XLA compilation of jit(step)" in r.getMessage()]
+  assert len(compiled) == 1, compiled
+  assert flat.shape == (3, pruner.n_nodes) and not bad.any()
 
 
 def test_sweep_is_a_seeded_latin_hypercube_over_log_ranges():

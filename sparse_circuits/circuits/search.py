@@ -30,17 +30,27 @@ from tqdm import tqdm
 from sparse_circuits import sites as sites_lib
 from sparse_circuits.tasks import scoring
 
-EVAL_CHUNK = 4  # node sets per evaluation call at most: bounds memory
+EVAL_CHUNK = 4  # node sets per evaluation call at most
+# Token positions (node sets x prompts x length) per evaluation call at most:
+# an evaluation's memory grows with them. The main job's first evaluation of
+# 4 node sets x 512 prompts x 39 positions (80k) took a 0.72 GB temporary
+# buffer, the largest of the whole job, which set its peak (docs/results.md,
+# "Main job memory"); at 2**16 it takes 2 node sets a call.
+EVAL_TOKENS = 2 ** 16
 
 
-def call_rows(n_left: int) -> int:
+def call_rows(n_left: int, tokens_per_set: int = 0) -> int:
   """Node sets one evaluation call computes when n_left remain: the largest
-  power of two that fits, at most EVAL_CHUNK, so nothing is ever padded.
-  (Padding a lone node set to EVAL_CHUNK cost 4x its work, and the k search
-  mostly probes one or two settings a round.) Three shapes, compiled once
-  each."""
+  power of two that fits, at most EVAL_CHUNK and, given each set's token
+  positions, at most EVAL_TOKENS positions (but one set at least), so
+  nothing is ever padded. (Padding a lone node set to EVAL_CHUNK cost 4x
+  its work, and the k search mostly probes one or two settings a round.)
+  At most three shapes per data split, compiled once each."""
+  cap = min(n_left, EVAL_CHUNK)
+  if tokens_per_set:
+    cap = min(cap, max(1, EVAL_TOKENS // tokens_per_set))
   rows = 1
-  while rows * 2 <= min(n_left, EVAL_CHUNK):
+  while rows * 2 <= cap:
     rows *= 2
   return rows
 
@@ -249,8 +259,12 @@ class Pruner:
     bs = min(pc.batch_size, n_pairs)
     tau = jax.tree.map(lambda *x: jnp.stack(x), *[
         init_tau(sites, s.seed, s.init_mean, pc.init_std) for s in settings])
-    opt_state = self._init(tau)
     bad = jnp.zeros(len(settings), bool)
+    # The step returns what it carries (tau, optimizer state, bad) on the
+    # parameters' mesh; put them there from the start, or its second call
+    # sees other input shardings and compiles the step again (4-5 s each).
+    tau, opt_state, bad = jax.device_put((tau, self._init(tau), bad),
+                                         _replicated(self.params))
     hp = {f: jnp.asarray([getattr(s, f) for s in settings], jnp.float32)
           for f in ("k_coef", "lr", "temperature")}
     # Each setting draws its own batches from its seed, so a setting trains
@@ -277,14 +291,14 @@ class Pruner:
 
   def diffs(self, keep_MxN, data, labels=None):
     """Logit differences [M, rows] with everything outside each node set
-    mean-ablated; at most EVAL_CHUNK node sets per call (`call_rows`)."""
+    mean-ablated; a few node sets per call (`call_rows`)."""
     keep = np.asarray(keep_MxN, np.float32).reshape(-1, self.n_nodes)
     target, alt = self._labels(data, len(keep), labels)
     tokens, out = jnp.asarray(data.tokens), []
     last = read_positions(data)
     i = 0
     while i < len(keep):
-      sl = slice(i, i + call_rows(len(keep) - i))
+      sl = slice(i, i + call_rows(len(keep) - i, tokens.size))
       out.append(np.asarray(self._diffs(
           jnp.asarray(keep[sl]), tokens, last, jnp.asarray(target[sl]),
           jnp.asarray(alt[sl]), self.params, self.means)))
@@ -400,6 +414,16 @@ class Pruner:
     return SearchResult(order=order, k=k, keep=keep, train_loss=loss,
                         reached=reached, exact=(hi - lo <= 1) | ~reached,
                         d_train=d_at_k, k_trained=k_pos)
+
+
+def _replicated(params):
+  """A sharding that replicates over the mesh params are laid out on (None
+  if they are not on one: device_put then leaves arrays where they are)."""
+  sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh,
+                                      jax.sharding.PartitionSpec())
+  return None
 
 
 def keep_flat(order, k, n):
