@@ -444,7 +444,9 @@ def test_evaluate_run_reports_skipped_tasks_and_runs_the_rest(
   with open(tmp_path / "run" / "eval_summary.json") as f:
     written = json.load(f)
   assert written == summary
-  assert set(written) == {"lm_loss", "step", "tasks", "skipped"}
+  assert set(written) == {"lm_loss", "step", "tasks", "skipped",
+                          "environment"}
+  assert written["environment"]["packages"]["jax"] == jax.__version__
   assert written["step"] == 3 and math.isfinite(written["lm_loss"])
   assert list(written["tasks"]) == ["single_double_quote", "else_elif",
                                     "list_or_int"]
