@@ -17,11 +17,10 @@ varies at fixed nonzeros; every MLP neuron and q/k/v channel still has
 losses, 2.56-2.70, lay between dense_128's 2.44 and dense_32's). Each
 model's learning rate: the best held-out loss of 0.5x/1x/2x the recipe's
 after 100 steps (compare.lr_multipliers). Circuits under mean ablation
-(the headline) and zero ablation. Not run yet: one train step on 2 cores
-takes 0.79 s at d_model 256 and 1.62 s at 384 (benchmarks.step
---noshares), so training is about 50 min, the LR trials about 20 more,
-and pruning 4 tasks x 7 models x 2 ablations about an hour: 2-2.5 h in
-all on two idle cores (docs/results.md, "Compare").
+(the headline) and zero ablation. Measured under mean ablation
+(docs/results.md, "Compare"): 1.79x over 4 tasks, two of them with a
+target above chance; its stages took 2 h 12 min before the zero-ablation
+circuits (about 2 h 50 min in all on two idle cores).
 `old`: the family measured first (README, docs/results.md: 2.22x over 4
 tasks): sparse at d_model 128 keeping 1/4 and 1/8 of the hidden weights,
 dense at 32, 64, 128, the recipe's LR for all, mean ablation only, up to
